@@ -1,0 +1,48 @@
+"""Plumbing every resource's routes share: media types, ETag headers, conditional reads."""
+
+from email.message import Message
+from typing import Any
+
+from fastapi import Request, Response
+
+from app.errors import PROBLEM_JSON, ProblemDocument, UnsupportedMediaType
+from app.preconditions import Versioned, entity_tag, not_modified
+
+
+def _media_type(request: Request) -> str:
+    header = request.headers.get("content-type")
+    if not header:
+        return ""
+    message = Message()
+    message["content-type"] = header
+    return message.get_content_type()  # lower-cased, parameters such as charset dropped
+
+
+async def require_json(request: Request) -> None:
+    if _media_type(request) != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+
+
+async def require_json_or_merge_patch(request: Request) -> None:
+    if _media_type(request) not in ("application/json", "application/merge-patch+json"):
+        raise UnsupportedMediaType("send the body as application/merge-patch+json or application/json")
+
+
+def with_etag(response: Response, resource: Versioned, *, location: str | None = None) -> None:
+    response.headers["ETag"] = entity_tag(resource)
+    if location is not None:
+        response.headers["Location"] = location
+
+
+def conditional_read(resource: Versioned, response: Response, if_none_match: str | None) -> Response | None:
+    """A 304 with the ETag when the client's copy is current, else None (after tagging `response`)."""
+    tag = entity_tag(resource)
+    if not_modified(if_none_match, tag):
+        return Response(status_code=304, headers={"ETag": tag})
+    response.headers["ETag"] = tag
+    return None
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem documents a route can answer with."""
+    return {status: {"model": ProblemDocument, "content": {PROBLEM_JSON: {}}} for status in statuses}

@@ -1,0 +1,33 @@
+"""Liveness and readiness: the first never touches the database, the second proves it answers."""
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import text
+
+from app.database import Database, get_database
+from app.errors import ServiceUnavailable
+from app.routes.common import problem_responses
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+READY_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=problem_responses(503))
+async def readyz(database: Annotated[Database, Depends(get_database)]) -> dict[str, str]:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S), database.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:  # any failure to answer means "not ready", whatever its cause
+        logger.warning("readiness check failed: %s", type(error).__name__)
+        raise ServiceUnavailable("the database is not answering", headers={"Retry-After": "5"}) from None
+    return {"status": "ok"}

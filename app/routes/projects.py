@@ -1,0 +1,90 @@
+"""/v1/projects: straight-line handlers; loading, errors and headers live in shared pieces."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from app.auth import PrincipalDep
+from app.database import SessionDep
+from app.models import Page, Project, ProjectCreate, ProjectPublic, ProjectUpdate, SearchText
+from app.pagination import PageDep
+from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
+from app.routes.common import conditional_read, problem_responses, require_json, require_json_or_merge_patch, with_etag
+from app.services import projects
+from app.services.versioned import not_found
+
+router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500))
+
+
+async def load_project_or_404(project_id: uuid.UUID, session: SessionDep) -> Project:
+    project = await projects.get_project(session=session, project_id=project_id)
+    if project is None:
+        raise not_found(Project, project_id)
+    return project
+
+
+ValidProject = Annotated[Project, Depends(load_project_or_404)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ProjectPublic,
+    dependencies=[Depends(require_json)],
+    responses=problem_responses(409, 413, 415),
+)
+async def create_project(
+    body: ProjectCreate, session: SessionDep, principal: PrincipalDep, request: Request, response: Response
+) -> Project:
+    project = await projects.create_project(session=session, data=body, principal=principal)
+    with_etag(response, project, location=request.url_for("read_project", project_id=project.id).path)
+    return project
+
+
+@router.get("", response_model=Page[ProjectPublic])
+async def list_projects(
+    session: SessionDep,
+    page: PageDep,
+    q: Annotated[SearchText | None, Query(description="Names containing this text, any case")] = None,
+) -> Page[Project]:
+    return await projects.list_projects(session=session, page=page, name_contains=q)
+
+
+@router.get("/{project_id}", response_model=ProjectPublic, responses=problem_responses(404))
+async def read_project(
+    project: ValidProject, response: Response, if_none_match: IfNoneMatch = None
+) -> Project | Response:
+    return conditional_read(project, response, if_none_match) or project
+
+
+@router.patch(
+    "/{project_id}",
+    response_model=ProjectPublic,
+    dependencies=[Depends(require_json_or_merge_patch)],
+    responses=problem_responses(404, 409, 412, 413, 415),
+)
+async def update_project(
+    project_id: uuid.UUID,
+    body: ProjectUpdate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> Project:
+    project = await projects.update_project(
+        session=session,
+        project_id=project_id,
+        changes=body,
+        expected_versions=acceptable_versions(if_match, project_id),
+        principal=principal,
+    )
+    with_etag(response, project)
+    return project
+
+
+@router.delete("/{project_id}", status_code=204, responses=problem_responses(404, 412))
+async def delete_project(project_id: uuid.UUID, session: SessionDep, if_match: IfMatch = None) -> None:
+    await projects.delete_project(
+        session=session, project_id=project_id, expected_versions=acceptable_versions(if_match, project_id)
+    )

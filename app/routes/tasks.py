@@ -1,0 +1,92 @@
+"""Tasks: created and listed under their project, read and changed at /v1/tasks/{id}."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from app.auth import PrincipalDep
+from app.database import SessionDep
+from app.models import Page, Task, TaskCreate, TaskPublic, TaskStatus, TaskUpdate
+from app.pagination import PageDep
+from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
+from app.routes.common import conditional_read, problem_responses, require_json, require_json_or_merge_patch, with_etag
+from app.services import tasks
+from app.services.versioned import not_found
+
+router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500))
+
+
+async def load_task_or_404(task_id: uuid.UUID, session: SessionDep) -> Task:
+    task = await tasks.get_task(session=session, task_id=task_id)
+    if task is None:
+        raise not_found(Task, task_id)
+    return task
+
+
+ValidTask = Annotated[Task, Depends(load_task_or_404)]
+
+
+@router.post(
+    "/v1/projects/{project_id}/tasks",
+    status_code=201,
+    response_model=TaskPublic,
+    dependencies=[Depends(require_json)],
+    responses=problem_responses(404, 413, 415),
+)
+async def create_task(
+    project_id: uuid.UUID,
+    body: TaskCreate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
+) -> Task:
+    task = await tasks.create_task(session=session, project_id=project_id, data=body, principal=principal)
+    with_etag(response, task, location=request.url_for("read_task", task_id=task.id).path)
+    return task
+
+
+@router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))
+async def list_tasks(
+    project_id: uuid.UUID,
+    session: SessionDep,
+    page: PageDep,
+    status: Annotated[TaskStatus | None, Query(description="Only tasks with this status")] = None,
+) -> Page[Task]:
+    return await tasks.list_tasks(session=session, project_id=project_id, page=page, status=status)
+
+
+@router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
+async def read_task(task: ValidTask, response: Response, if_none_match: IfNoneMatch = None) -> Task | Response:
+    return conditional_read(task, response, if_none_match) or task
+
+
+@router.patch(
+    "/v1/tasks/{task_id}",
+    response_model=TaskPublic,
+    dependencies=[Depends(require_json_or_merge_patch)],
+    responses=problem_responses(404, 412, 413, 415),
+)
+async def update_task(
+    task_id: uuid.UUID,
+    body: TaskUpdate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> Task:
+    task = await tasks.update_task(
+        session=session,
+        task_id=task_id,
+        changes=body,
+        expected_versions=acceptable_versions(if_match, task_id),
+        principal=principal,
+    )
+    with_etag(response, task)
+    return task
+
+
+@router.delete("/v1/tasks/{task_id}", status_code=204, responses=problem_responses(404, 412))
+async def delete_task(task_id: uuid.UUID, session: SessionDep, if_match: IfMatch = None) -> None:
+    await tasks.delete_task(session=session, task_id=task_id, expected_versions=acceptable_versions(if_match, task_id))

@@ -1,0 +1,85 @@
+"""Writes shared by every resource: optimistic concurrency lives in the UPDATE/DELETE itself."""
+
+import uuid
+from typing import Any, NoReturn, TypeVar
+
+from sqlalchemy import delete, func, insert, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.errors import NotFound, PreconditionFailed
+from app.models import Audited
+
+ModelT = TypeVar("ModelT", bound=Audited)
+
+# The statements below return fresh rows; there is nothing in the session to synchronise.
+_NO_SYNC = {"synchronize_session": False}
+
+
+def violated_constraint(error: IntegrityError) -> str | None:
+    """Name of the constraint asyncpg reports (SQLAlchemy keeps asyncpg's exception as the cause)."""
+    return getattr(error.orig.__cause__, "constraint_name", None) if error.orig else None
+
+
+def not_found(model: type[Audited], resource_id: uuid.UUID) -> NotFound:
+    return NotFound(f"{model.__name__.lower()} {resource_id} does not exist")
+
+
+async def insert_returning(session: AsyncSession, model: type[ModelT], values: dict[str, Any]) -> ModelT:
+    """One INSERT ... RETURNING: the database fills id, timestamps and version."""
+    created: ModelT = (await session.exec(insert(model).values(**values).returning(model))).scalars().one()
+    await session.commit()
+    return created
+
+
+async def get_or_none(session: AsyncSession, model: type[ModelT], resource_id: uuid.UUID) -> ModelT | None:
+    return await session.get(model, resource_id)
+
+
+async def update_versioned(
+    session: AsyncSession,
+    model: type[ModelT],
+    *,
+    resource_id: uuid.UUID,
+    values: dict[str, Any],
+    expected_versions: frozenset[int] | None,
+    principal: str | None,
+) -> ModelT:
+    """Apply `values` only if the row still has an expected version; bump version and audit fields.
+
+    Two writers holding the same ETag race on the row lock: the second re-checks `version`
+    after the first commits, matches nothing, and gets 412. No lost update.
+    """
+    where = [col(model.id) == resource_id]
+    if expected_versions is not None:
+        where.append(col(model.version).in_(expected_versions))
+    if values:
+        audit = {"version": col(model.version) + 1, "updated_at": func.now(), "updated_by": principal}
+        statement = update(model).where(*where).values(**values, **audit).returning(model)
+        updated: ModelT | None = (await session.exec(statement, execution_options=_NO_SYNC)).scalars().one_or_none()
+    else:  # an empty merge patch changes nothing, so the version stays
+        updated = (await session.exec(select(model).where(*where))).one_or_none()
+    if updated is None:
+        await _raise_missing_or_stale(session, model, resource_id)
+    await session.commit()
+    return updated
+
+
+async def delete_versioned(
+    session: AsyncSession, model: type[ModelT], *, resource_id: uuid.UUID, expected_versions: frozenset[int] | None
+) -> None:
+    statement = delete(model).where(col(model.id) == resource_id)
+    if expected_versions is not None:
+        statement = statement.where(col(model.version).in_(expected_versions))
+    deleted = (await session.exec(statement.returning(col(model.id)), execution_options=_NO_SYNC)).first()
+    if deleted is None:
+        await _raise_missing_or_stale(session, model, resource_id)
+    await session.commit()
+
+
+async def _raise_missing_or_stale(session: AsyncSession, model: type[ModelT], resource_id: uuid.UUID) -> NoReturn:
+    exists = (await session.exec(select(col(model.id)).where(col(model.id) == resource_id))).first()
+    if exists is None:
+        raise not_found(model, resource_id)
+    raise PreconditionFailed("If-Match does not match the current ETag; fetch the resource and retry")

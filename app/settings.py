@@ -1,0 +1,80 @@
+"""All configuration, read once from the environment and validated before the service starts."""
+
+from functools import lru_cache
+from typing import Literal, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing, malformed or contradicts another; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    instance_connection_name: str | None = Field(default=None, pattern=r"^[^:\s]+:[^:\s]+:[^:\s]+$")
+    db_iam_user: str | None = None
+    db_name: str = "app"
+    db_ip_type: Literal["public", "private", "psc"] = "public"
+    cloud_sql_admin_endpoint: str | None = None
+    db_pool_size: int = Field(default=5, ge=1, le=100)
+    db_max_overflow: int = Field(default=2, ge=0, le=100)
+    db_pool_timeout_s: float = Field(default=10, gt=0, le=300)
+    db_statement_timeout_ms: int = Field(default=5000, ge=0)
+
+    auth_mode: Literal["none", "google", "oidc"] = "none"
+    auth_audience: str | None = None
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    auth_allowed_principals: str = ""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    root_path: str = Field(default="", pattern=r"^(/[^/\s]+)*$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql+asyncpg:// URL")
+        return url
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.database_url and self.instance_connection_name:
+            raise ValueError("DATABASE_URL and INSTANCE_CONNECTION_NAME: set one, not both")
+        if not self.database_url and not self.instance_connection_name:
+            raise ValueError("DATABASE_URL or INSTANCE_CONNECTION_NAME: one must be set")
+        if self.instance_connection_name and not self.db_iam_user:
+            raise ValueError("DB_IAM_USER: required with INSTANCE_CONNECTION_NAME")
+        if self.auth_mode != "none" and not self.auth_audience:
+            raise ValueError(f"AUTH_AUDIENCE: required with AUTH_MODE={self.auth_mode}")
+        if self.auth_mode == "oidc" and not (self.oidc_issuer and self.oidc_jwks_url):
+            raise ValueError("OIDC_ISSUER and OIDC_JWKS_URL: required with AUTH_MODE=oidc")
+        return self
+
+
+def load_settings() -> Settings:
+    """Read the environment; turn pydantic's report into one message that names each variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            variable = "_".join(str(part) for part in item["loc"]).upper()
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{variable}: {message}" if variable else message)
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,132 @@
+"""One fresh database per test run, built by the real migrations; the app driven over HTTP.
+
+TEST_DATABASE_URL (any database on an existing server) selects that server; otherwise an
+embedded PostgreSQL is started in a temporary folder and deleted afterwards. Either way the
+suite creates its own database, runs `alembic upgrade head` on it, and drops it at the end.
+Tests stay independent by using unique names, never by relying on order.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.api import create_app
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _libpq_url(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _with_database(sqlalchemy_url: str, database: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(sqlalchemy_url).set(drivername="postgresql+asyncpg", database=database).render_as_string(False)
+
+
+async def _admin(server_url: str, statement: str) -> None:
+    connection = await asyncpg.connect(_libpq_url(server_url))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """A URL of the server's maintenance database: TEST_DATABASE_URL's server, or an embedded one."""
+    if url := os.environ.get("TEST_DATABASE_URL"):
+        yield _with_database(url, "postgres")
+        return
+    import embedded_db
+
+    with tempfile.TemporaryDirectory(prefix="pytest-pg-") as folder:
+        server = embedded_db.start(Path(folder) / "data", delete_on_exit=True)
+        try:
+            yield embedded_db.url(server, "postgres")
+        finally:
+            server.cleanup()
+
+
+def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as CI and Cloud Build run it."""
+    env = os.environ | {"DATABASE_URL": database_url}
+    env.pop("INSTANCE_CONNECTION_NAME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+
+
+@pytest.fixture(scope="session")
+def create_database(server_url: str) -> Iterator[object]:
+    """A factory of empty databases on the test server, all dropped at the end of the run."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return _with_database(server_url, name)
+
+    yield create
+    for name in created:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(create_database: object) -> str:
+    url: str = create_database()  # type: ignore[operator]
+    run_alembic(url, "upgrade", "head")
+    return url
+
+
+@pytest.fixture(scope="session")
+async def app(database_url: str) -> AsyncIterator[FastAPI]:
+    application = create_app(Settings(database_url=database_url, instance_connection_name=None))
+
+    @application.get("/__test__/boom", include_in_schema=False)
+    async def boom() -> None:
+        raise RuntimeError("password=hunter2 SELECT * FROM secrets")  # must never reach a client
+
+    yield application
+    await application.state.database.dispose()
+
+
+@pytest.fixture(scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def unique(label: str = "item") -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def project(client: httpx.AsyncClient) -> dict[str, object]:
+    response = await client.post("/v1/projects", json={"name": unique("project")})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+@pytest.fixture
+async def task(client: httpx.AsyncClient, project: dict[str, object]) -> dict[str, object]:
+    response = await client.post(f"/v1/projects/{project['id']}/tasks", json={"title": unique("task")})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body

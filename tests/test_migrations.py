@@ -1,0 +1,30 @@
+"""The migrations build exactly the models' schema, and really reverse.
+
+A plain (sync) test: it drives the real alembic CLI and checks the catalog between steps."""
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+
+from tests.conftest import _libpq_url, run_alembic
+
+
+async def _tables(url: str) -> set[str]:
+    connection = await asyncpg.connect(_libpq_url(url))
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row["tablename"] for row in rows}
+    finally:
+        await connection.close()
+
+
+def test_upgrade_check_downgrade_upgrade_round_trip(create_database: Callable[[], str]) -> None:
+    url = create_database()
+    run_alembic(url, "upgrade", "head")
+    assert asyncio.run(_tables(url)) == {"alembic_version", "projects", "tasks"}
+    assert "No new upgrade operations detected" in run_alembic(url, "check").stdout
+    run_alembic(url, "downgrade", "base")
+    assert asyncio.run(_tables(url)) == {"alembic_version"}
+    run_alembic(url, "upgrade", "head")
+    assert "No new upgrade operations detected" in run_alembic(url, "check").stdout
