@@ -1,12 +1,33 @@
 """Plumbing every resource's routes share: media types, ETag headers, conditional reads."""
 
+import uuid
+from collections.abc import Awaitable, Callable
 from email.message import Message
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request, Response
+from fastapi import Path, Request, Response
 
+from app.database import SessionDep
 from app.errors import PROBLEM_JSON, ProblemDocument, UnsupportedMediaType
+from app.models import Audited
 from app.preconditions import Versioned, entity_tag, not_modified
+from app.services.versioned import get_or_none, not_found
+
+ModelT = TypeVar("ModelT", bound=Audited)
+
+
+def load_or_404(model: type[ModelT]) -> Callable[..., Awaitable[ModelT]]:
+    """A dependency that loads `model` by its `{<model>_id}` path parameter, or answers 404."""
+
+    async def load(
+        session: SessionDep, resource_id: Annotated[uuid.UUID, Path(alias=f"{model.__name__.lower()}_id")]
+    ) -> ModelT:
+        resource = await get_or_none(session, model, resource_id)
+        if resource is None:
+            raise not_found(model, resource_id)
+        return resource
+
+    return load
 
 
 def _media_type(request: Request) -> str:

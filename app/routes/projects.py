@@ -10,21 +10,20 @@ from app.database import SessionDep
 from app.models import Page, Project, ProjectCreate, ProjectPublic, ProjectUpdate, SearchText
 from app.pagination import PageDep
 from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
-from app.routes.common import conditional_read, problem_responses, require_json, require_json_or_merge_patch, with_etag
+from app.routes.common import (
+    conditional_read,
+    load_or_404,
+    problem_responses,
+    require_json,
+    require_json_or_merge_patch,
+    with_etag,
+)
 from app.services import projects
-from app.services.versioned import not_found
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500))
 
 
-async def load_project_or_404(project_id: uuid.UUID, session: SessionDep) -> Project:
-    project = await projects.get_project(session=session, project_id=project_id)
-    if project is None:
-        raise not_found(Project, project_id)
-    return project
-
-
-ValidProject = Annotated[Project, Depends(load_project_or_404)]
+ValidProject = Annotated[Project, Depends(load_or_404(Project))]
 
 
 @router.post(

@@ -10,21 +10,20 @@ from app.database import SessionDep
 from app.models import Page, Task, TaskCreate, TaskPublic, TaskStatus, TaskUpdate
 from app.pagination import PageDep
 from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
-from app.routes.common import conditional_read, problem_responses, require_json, require_json_or_merge_patch, with_etag
+from app.routes.common import (
+    conditional_read,
+    load_or_404,
+    problem_responses,
+    require_json,
+    require_json_or_merge_patch,
+    with_etag,
+)
 from app.services import tasks
-from app.services.versioned import not_found
 
 router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500))
 
 
-async def load_task_or_404(task_id: uuid.UUID, session: SessionDep) -> Task:
-    task = await tasks.get_task(session=session, task_id=task_id)
-    if task is None:
-        raise not_found(Task, task_id)
-    return task
-
-
-ValidTask = Annotated[Task, Depends(load_task_or_404)]
+ValidTask = Annotated[Task, Depends(load_or_404(Task))]
 
 
 @router.post(

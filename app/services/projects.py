@@ -28,10 +28,6 @@ async def create_project(*, session: AsyncSession, data: ProjectCreate, principa
         raise _name_taken(error, data.name) from None
 
 
-async def get_project(*, session: AsyncSession, project_id: uuid.UUID) -> Project | None:
-    return await versioned.get_or_none(session, Project, project_id)
-
-
 async def list_projects(*, session: AsyncSession, page: PageRequest, name_contains: str | None) -> Page[Project]:
     statement = select(Project)
     if name_contains:  # autoescape: `%` and `_` in the query are literal characters, not wildcards

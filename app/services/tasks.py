@@ -28,10 +28,6 @@ async def create_task(*, session: AsyncSession, project_id: uuid.UUID, data: Tas
         raise
 
 
-async def get_task(*, session: AsyncSession, task_id: uuid.UUID) -> Task | None:
-    return await versioned.get_or_none(session, Task, task_id)
-
-
 async def list_tasks(
     *, session: AsyncSession, project_id: uuid.UUID, page: PageRequest, status: TaskStatus | None
 ) -> Page[Task]:
