@@ -1,5 +1,6 @@
 """The FastAPI application: settings in, routes, middleware and problem handlers wired once."""
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -7,15 +8,24 @@ from fastapi import FastAPI
 
 from app.database import Database
 from app.errors import install_problem_handlers
-from app.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from app.logs import configure_logging
+from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from app.routes import health, projects, tasks
 from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    yield
-    await app.state.database.dispose()  # close pooled connections when the worker stops
+    """Runs in the serving process (on Cloud Functions: lazily, on the worker's first request)."""
+    settings: Settings = app.state.settings
+    configure_logging(level=settings.log_level, json_lines=settings.log_format == "json")
+    try:
+        yield
+    finally:  # also on cancellation, which is how the function's worker ends it
+        await app.state.database.dispose()
+        logger.info("database connections closed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = Database(settings)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware)
-    app.add_middleware(RequestIdMiddleware)  # added last, so it runs first and wraps everything
+    app.add_middleware(RequestContextMiddleware)  # added last, so it runs first and wraps everything
     for router in (health.router, projects.router, tasks.router):
         app.include_router(router)
     return app

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware (no per-request task or body copy): request ids and the early size check."""
+"""Pure ASGI middleware (no per-request task or body copy): request context and the body limit."""
 
 import re
 import uuid
@@ -9,13 +9,19 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
+from app.logs import RequestContext, current_request, trace_of
 
 MAX_BODY_BYTES = 1024 * 1024
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-class RequestIdMiddleware:
-    """Echo a sane `X-Request-ID` (or make one), keep it in `request.state`, stamp every response."""
+class RequestContextMiddleware:
+    """Echo a sane `X-Request-ID` (or make one) on every response; set the context logs carry.
+
+    The context variable is deliberately not reset on the way out: the 500 handler runs after
+    this middleware has returned, and its log line must still name the request. Each request
+    runs in its own task, so nothing leaks from one request to the next.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -24,9 +30,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        sent = Headers(scope=scope).get("x-request-id", "")
+        headers = Headers(scope=scope)
+        sent = headers.get("x-request-id", "")
         request_id = sent if _SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        trace_id, span_id = trace_of(headers)
+        execution_id = headers.get("function-execution-id")
+        current_request.set(RequestContext(request_id, execution_id, trace_id, span_id))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
