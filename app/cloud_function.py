@@ -17,6 +17,8 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
+from app.once import Once
+
 logger = logging.getLogger(__name__)
 
 _FRAMEWORK_ROUTING_KEYS = frozenset({"router", "endpoint", "route", "path_params", "app"})
@@ -27,21 +29,13 @@ class LazyLifespan:
 
     def __init__(self, app: Any) -> None:
         self._app = app
-        self._started: asyncio.Future[None] | None = None
+        self.wait_started = Once(self._start)
         self._holder: asyncio.Task[None] | None = None  # a strong reference keeps the task alive
 
-    async def wait_started(self) -> None:
-        if self._started is None:  # no await before the assignment: concurrent first requests share it
-            loop = asyncio.get_running_loop()
-            self._started = loop.create_future()
-            self._holder = loop.create_task(self._hold(self._started), name="app-lifespan")
-        started = self._started
-        try:
-            await asyncio.shield(started)
-        except Exception:
-            if self._started is started:
-                self._started = None  # a failed start is retried by the next request, not cached
-            raise
+    async def _start(self) -> None:
+        started = asyncio.get_running_loop().create_future()
+        self._holder = asyncio.create_task(self._hold(started), name="app-lifespan")
+        await started
 
     async def _hold(self, started: "asyncio.Future[None]") -> None:
         try:

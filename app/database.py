@@ -1,70 +1,147 @@
-"""The async engine (one per process, made lazily in the running loop) and per-request sessions."""
+"""The async engine (one per process, made lazily in the serving loop) and per-request sessions.
 
-from collections.abc import AsyncIterator
+The engine reaches PostgreSQL either at DATABASE_URL or, with INSTANCE_CONNECTION_NAME, through
+the Cloud SQL Python Connector with IAM database authentication (`app/cloud_sql.py`). Before the
+first session is handed out, one connection proves the identity works; if it does not, requests
+get a 503 problem and the next request tries again.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from types import ModuleType
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.errors import ServiceUnavailable
+from app.once import Once
 from app.settings import Settings
 
+logger = logging.getLogger(__name__)
 
-def create_engine(settings: Settings, *, pooled: bool = True) -> AsyncEngine:
-    """Build the engine for these settings; the only place that knows how to reach the database.
+RETRY_AFTER_S = "5"
 
-    Must be called inside the event loop that will use it (asyncpg connections belong to a loop).
-    """
-    if settings.instance_connection_name:
-        # Seam for the Cloud SQL Python Connector (IAM auth): it will hand SQLAlchemy an
-        # `async_creator` here. Until then, refuse clearly rather than connect somewhere wrong.
-        raise NotImplementedError("INSTANCE_CONNECTION_NAME: the Cloud SQL connector is not built yet")
-    assert settings.database_url is not None  # guaranteed by Settings validation
-    connect_args: dict[str, Any] = {
-        # Server-side cap on every statement, so a runaway query cannot hold a connection.
-        "server_settings": {
-            "statement_timeout": str(settings.db_statement_timeout_ms),
-            "application_name": "fastapi-cloud-function",
-        },
-    }
-    if not pooled:  # migrations and one-off scripts: open, use, close
-        return create_async_engine(settings.database_url, poolclass=NullPool, connect_args=connect_args)
-    return create_async_engine(
-        settings.database_url,
-        connect_args=connect_args,
-        pool_size=settings.db_pool_size,  # connections kept open per instance
-        max_overflow=settings.db_max_overflow,  # extra connections allowed under bursts
-        pool_timeout=settings.db_pool_timeout_s,  # wait this long for a free connection, then fail
-        pool_recycle=1800,  # reopen connections older than 30 min (idle proxies and failovers drop them)
-        pool_pre_ping=True,  # test a connection before use; instances that slept lose their sockets
-    )
+
+class DatabaseUnavailable(ServiceUnavailable):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the database is not available: {reason}", headers={"Retry-After": RETRY_AFTER_S})
+
+
+def _load_cloud_sql(settings: Settings) -> ModuleType | None:
+    """The connector costs about half a second of imports: load it only when it is used. This
+    runs in create_app(), so on Cloud Functions it happens in the preload, before the fork."""
+    if not settings.instance_connection_name:
+        return None
+    from app import cloud_sql
+
+    return cloud_sql
 
 
 class Database:
-    """Owns the process's engine; creates it on first use, inside the loop that serves requests."""
+    """Owns the process's engine (and connector): made on first use, inside the serving loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pooled: bool = True) -> None:
         self._settings = settings
+        self._pooled = pooled
+        self._cloud_sql = _load_cloud_sql(settings)
+        self._connector: Any = None
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self.ready = Once(self._connect_and_verify)  # `await database.ready()` -> the engine
 
     @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            self._engine = create_engine(self._settings)
-        return self._engine
+    def target(self) -> str:
+        """Where and as whom we connect, for logs (never a password: there is none)."""
+        settings = self._settings
+        if settings.instance_connection_name:
+            return f"Cloud SQL instance {settings.instance_connection_name} as {settings.db_iam_user}"
+        return "the DATABASE_URL server"
 
-    def session(self) -> AsyncSession:
-        if self._sessions is None:
-            self._sessions = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+    async def _connect_and_verify(self) -> AsyncEngine:
+        try:
+            engine = self._engine or await self._create_engine()
+            self._engine = engine
+            async with engine.connect() as connection:
+                user = (await connection.execute(text("SELECT current_user"))).scalar()
+        except Exception as error:
+            reason = self._describe(error)
+            logger.error("cannot connect to %s: %s", self.target, reason)
+            raise DatabaseUnavailable(reason) from error
+        logger.info("connected to %s (database user %s)", self.target, user)
+        self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        return engine
+
+    async def _create_engine(self) -> AsyncEngine:
+        settings = self._settings
+        server_settings = {
+            "statement_timeout": str(settings.db_statement_timeout_ms),  # no runaway query holds a connection
+            "application_name": "fastapi-cloud-function",
+        }
+        options: dict[str, Any]
+        if self._cloud_sql is not None:
+            self._connector = self._connector or await self._cloud_sql.open_connector(settings)
+            connect = self._cloud_sql.connection_factory(self._connector, settings, server_settings)
+            url, options = "postgresql+asyncpg://", {"async_creator": connect}
+        else:
+            assert settings.database_url is not None  # guaranteed by Settings validation
+            url, options = settings.database_url, {"connect_args": {"server_settings": server_settings}}
+        if not self._pooled:  # migrations and one-off scripts: open, use, close
+            return create_async_engine(url, poolclass=NullPool, **options)
+        return create_async_engine(
+            url,
+            pool_size=settings.db_pool_size,  # connections kept open per instance
+            max_overflow=settings.db_max_overflow,  # extra connections allowed under bursts
+            pool_timeout=settings.db_pool_timeout_s,  # wait this long for a free connection, then fail
+            pool_recycle=1800,  # reopen connections older than 30 min (proxies and failovers drop them)
+            pool_pre_ping=True,  # test a connection before use; instances that slept lose their sockets
+            **options,
+        )
+
+    def _describe(self, error: BaseException) -> str:
+        """Why connecting failed, in words that are safe to show a client."""
+        for cause in _causes(error):
+            if self._cloud_sql is not None and (reason := self._cloud_sql.describe_failure(cause)):
+                return str(reason)
+            if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
+                return "the database refused the login"
+            if isinstance(cause, TimeoutError):
+                return "connecting timed out"
+            if isinstance(cause, OSError):
+                return "the database server could not be reached"
+        return f"connecting failed ({type(error).__name__})"
+
+    async def session(self) -> AsyncSession:
+        await self.ready()
+        assert self._sessions is not None
         return self._sessions()
 
     async def dispose(self) -> None:
+        """Close the pool, then the connector (which the pool's connections came through)."""
+        self.ready.reset()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
-            self._sessions = None
+        if self._connector is not None:
+            await self._connector.close_async()
+            self._connector = None
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps (SQLAlchemy's `orig`, Python's `__cause__`/`__context__`)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
 
 
 def get_database(request: Request) -> Database:
@@ -73,7 +150,7 @@ def get_database(request: Request) -> Database:
 
 
 async def get_session(database: Annotated[Database, Depends(get_database)]) -> AsyncIterator[AsyncSession]:
-    async with database.session() as session:
+    async with await database.session() as session:
         yield session
 
 

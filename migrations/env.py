@@ -1,4 +1,4 @@
-"""Alembic, async, on the app's own settings and engine factory (so Cloud SQL works the same way)."""
+"""Alembic, async, on the app's own settings and Database (so Cloud SQL with IAM works the same way)."""
 
 import asyncio
 from logging.config import fileConfig
@@ -10,7 +10,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from app.database import create_engine
+from app.database import Database
 from app.settings import get_settings
 
 if context.config.config_file_name is not None and context.config.attributes.get("configure_logging", True):
@@ -35,12 +35,13 @@ def _migrate(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_engine(get_settings(), pooled=False)
+    database = Database(get_settings(), pooled=False)  # the app's own path: plain URL or Cloud SQL + IAM
     try:
+        engine = await database.ready()
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)
     finally:
-        await engine.dispose()
+        await database.dispose()
 
 
 if context.is_offline_mode():

@@ -1,5 +1,7 @@
 """The engine honours the settings: pool sizing, pre-ping and the server-side statement timeout."""
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -12,7 +14,7 @@ async def test_the_engine_applies_pool_and_timeout_settings(database_url: str) -
     settings = Settings(database_url=database_url, db_pool_size=3, db_max_overflow=1, db_statement_timeout_ms=1234)
     database = Database(settings)
     try:
-        engine = database.engine
+        engine = await database.ready()
         assert (engine.pool.size(), engine.pool._max_overflow, engine.pool._timeout) == (3, 1, 10)  # type: ignore[attr-defined]
         assert engine.pool._pre_ping  # type: ignore[attr-defined]
         async with engine.connect() as connection:
@@ -24,7 +26,7 @@ async def test_the_engine_applies_pool_and_timeout_settings(database_url: str) -
 async def test_a_statement_over_the_timeout_is_cancelled_by_the_server(database_url: str) -> None:
     database = Database(Settings(database_url=database_url, db_statement_timeout_ms=100))
     try:
-        async with database.engine.connect() as connection:
+        async with (await database.ready()).connect() as connection:
             with pytest.raises(DBAPIError, match="statement timeout"):
                 await connection.execute(text("SELECT pg_sleep(2)"))
     finally:
@@ -34,6 +36,7 @@ async def test_a_statement_over_the_timeout_is_cancelled_by_the_server(database_
 async def test_the_engine_is_made_once_and_only_when_first_used(database_url: str) -> None:
     database = Database(Settings(database_url=database_url))
     assert database._engine is None
-    assert database.engine is database.engine
+    engines = await asyncio.gather(*(database.ready() for _ in range(10)))
+    assert all(engine is engines[0] for engine in engines)
     await database.dispose()
     assert database._engine is None

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
-from app.database import Database, get_database
-from app.errors import ServiceUnavailable
+from app.database import Database, DatabaseUnavailable, get_database
 from app.routes.common import problem_responses
 
 logger = logging.getLogger(__name__)
@@ -25,9 +24,13 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses=problem_responses(503))
 async def readyz(database: Annotated[Database, Depends(get_database)]) -> dict[str, str]:
     try:
-        async with asyncio.timeout(READY_TIMEOUT_S), database.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            engine = await database.ready()
+            async with engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    except DatabaseUnavailable:
+        raise
     except Exception as error:  # any failure to answer means "not ready", whatever its cause
         logger.warning("readiness check failed: %s", type(error).__name__)
-        raise ServiceUnavailable("the database is not answering", headers={"Retry-After": "5"}) from None
+        raise DatabaseUnavailable("it does not answer") from None
     return {"status": "ok"}

@@ -1,0 +1,38 @@
+"""Async work done once per process, on first need, shared by concurrent callers, never cached as failed."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Once(Generic[T]):
+    """`await once()` runs `factory` the first time and returns its result from then on.
+
+    Callers that arrive while the first run is in progress wait for that same run (one Admin
+    API round trip, one lifespan start), and a failure reaches all of them but is forgotten
+    afterwards, so the next caller tries again.
+    """
+
+    def __init__(self, factory: Callable[[], Awaitable[T]]) -> None:
+        self._factory = factory
+        self._attempt: asyncio.Task[T] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._attempt is not None and self._attempt.done() and not self._attempt.exception()
+
+    async def __call__(self) -> T:
+        if self._attempt is None:  # no await before the assignment: concurrent callers share it
+            self._attempt = asyncio.ensure_future(self._factory())
+        attempt = self._attempt
+        try:
+            return await asyncio.shield(attempt)  # one caller's cancellation does not cancel the others'
+        except Exception:
+            if self._attempt is attempt:
+                self._attempt = None
+            raise
+
+    def reset(self) -> None:
+        self._attempt = None
