@@ -4,8 +4,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from app.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
 from app.database import Database
 from app.errors import install_problem_handlers
 from app.logs import configure_logging
@@ -41,8 +42,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = Database(settings)
     install_problem_handlers(app)
+    # Middleware runs in the reverse order of adding: request context, then authentication, then size.
     app.add_middleware(BodySizeLimitMiddleware)
-    app.add_middleware(RequestContextMiddleware)  # added last, so it runs first and wraps everything
-    for router in (health.router, projects.router, tasks.router):
-        app.include_router(router)
+    verifier = build_verifier(settings)
+    if verifier is not None:
+        app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=settings.allowed_principals)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(health.router)
+    documented_auth = [Depends(bearer_scheme)] if verifier is not None else []
+    for router in (projects.router, tasks.router):
+        app.include_router(router, dependencies=documented_auth)
     return app

@@ -1,12 +1,129 @@
-"""Who is calling. With AUTH_MODE=none there is no principal; token checks plug in here."""
+"""Who is calling: AUTH_MODE=none (no checks), `google` (Google-signed ID tokens) or `oidc`.
 
-from typing import Annotated
+Every /v1 request is authenticated before routing, so a rejected call reads no body and writes
+nothing: 401 with `WWW-Authenticate: Bearer` for a missing or invalid token, 403 for a verified
+caller outside AUTH_ALLOWED_PRINCIPALS. /healthz, /readyz and the docs stay open.
+"""
 
-from fastapi import Depends
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
+from starlette.datastructures import Headers
+from starlette.requests import Request as StarletteRequest
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import ProblemError, ServiceUnavailable, problem_response
+from app.settings import Settings
+
+PROTECTED_PREFIX = "/v1"
 
 
-async def get_principal() -> str | None:
-    return None
+def _is_protected(scope: Scope) -> bool:
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if root_path and path.startswith(root_path):  # a proxy may or may not strip ROOT_PATH
+        path = path[len(root_path) :]
+    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+
+
+class InvalidToken(Exception):
+    """The token cannot be trusted; the message says why, and never contains the token."""
+
+
+class KeysUnavailable(Exception):
+    """The signing keys could not be fetched, so no token can be checked right now."""
+
+
+class Unauthenticated(ProblemError):
+    status, type, title = 401, "urn:problem-type:unauthenticated", "Authentication required"
+
+
+class Forbidden(ProblemError):
+    status, type, title = 403, "urn:problem-type:forbidden", "Not allowed"
+
+
+def is_allowed(principal: str, patterns: tuple[str, ...]) -> bool:
+    """Exact emails or `*@domain`, case-insensitively; no patterns means any verified caller."""
+    if not patterns:
+        return True
+    principal = principal.lower()
+    domain = principal.rpartition("@")[2]
+    return any(pattern == principal or pattern == f"*@{domain}" for pattern in patterns)
+
+
+def build_verifier(settings: Settings) -> Any:
+    """The token verifier for the settings, or None with AUTH_MODE=none (PyJWT is not even loaded)."""
+    if settings.auth_mode == "none":
+        return None
+    from app import tokens
+
+    assert settings.auth_audience is not None  # Settings requires it with google and oidc
+    if settings.auth_mode == "google":
+        keys = tokens.KeySet(settings.oidc_jwks_url or tokens.GOOGLE_JWKS_URL)
+        return tokens.TokenVerifier(keys=keys, issuers=tokens.GOOGLE_ISSUERS, audience=settings.auth_audience)
+    assert settings.oidc_issuer is not None and settings.oidc_jwks_url is not None
+    keys = tokens.KeySet(settings.oidc_jwks_url)
+    return tokens.TokenVerifier(keys=keys, issuers=(settings.oidc_issuer,), audience=settings.auth_audience)
+
+
+class AuthenticationMiddleware:
+    """Verify the bearer token of every /v1 request; put the principal in `request.state`."""
+
+    def __init__(self, app: ASGIApp, *, verifier: Any, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _is_protected(scope):
+            try:
+                scope.setdefault("state", {})["principal"] = await self._principal(Headers(scope=scope))
+            except ProblemError as problem:
+                request = StarletteRequest(scope, receive)
+                response = problem_response(
+                    request,
+                    status=problem.status,
+                    title=problem.title,
+                    detail=problem.detail,
+                    type_=problem.type,
+                    headers=problem.headers,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _principal(self, headers: Headers) -> str:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if not token.strip():
+            raise Unauthenticated("send an ID token as `Authorization: Bearer <token>`", headers=_challenge())
+        if scheme.lower() != "bearer":
+            raise Unauthenticated("only Bearer tokens are accepted", headers=_challenge())
+        try:
+            principal: str = await self.verifier.principal(token.strip())
+        except InvalidToken as error:
+            raise Unauthenticated(str(error), headers=_challenge("invalid_token", str(error))) from None
+        except KeysUnavailable as error:
+            raise ServiceUnavailable(str(error), headers={"Retry-After": "5"}) from None
+        if not is_allowed(principal, self.allowed):
+            raise Forbidden(f"{principal} is not allowed to call this API")
+        return principal
+
+
+def _challenge(error: str | None = None, description: str | None = None) -> dict[str, str]:
+    """RFC 6750: a bare challenge when no token came, the reason when one was refused."""
+    if error is None:
+        return {"WWW-Authenticate": "Bearer"}
+    return {"WWW-Authenticate": f'Bearer error="{error}", error_description="{description}"'}
+
+
+# Documents the scheme in OpenAPI (`/docs` gets an Authorize button); the middleware enforces it.
+bearer_scheme = HTTPBearer(auto_error=False, description="A Google-signed or OIDC ID token")
+
+
+async def get_principal(request: Request) -> str | None:
+    principal: str | None = getattr(request.state, "principal", None)
+    return principal
 
 
 PrincipalDep = Annotated[str | None, Depends(get_principal)]

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,12 @@ class RequestContext:
 
 current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)
 
+NOTICE = 25  # Cloud Logging's NOTICE: normal but significant, such as a change to data
+logging.addLevelName(NOTICE, "NOTICE")
+access_logger = logging.getLogger("app.access")
+audit_logger = logging.getLogger("app.audit")
+_SECRET_QUERY_NAMES = re.compile(r"token|key|secret|password|auth|signature|credential", re.IGNORECASE)
+
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=[01])?")
 
@@ -39,6 +46,58 @@ def trace_of(headers: Headers) -> tuple[str | None, str | None]:
         span = match.group(2)
         return match.group(1).lower(), f"{int(span) & (2**64 - 1):016x}" if span else None
     return None, None
+
+
+def audit(*, action: str, resource_type: str, resource_id: object, version: int, principal: str | None) -> None:
+    """One entry per write, at NOTICE, with a stable `audit` object for log-based metrics and sinks."""
+    context = current_request.get()
+    entry = {
+        "principal": principal,
+        "action": action,
+        "resource_type": resource_type,
+        "resource_id": str(resource_id),
+        "version": version,
+        "request_id": context.request_id if context else None,
+    }
+    message = f"{action} {resource_type} {resource_id} v{version} by {principal or 'anonymous'}"
+    audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
+
+
+def log_access(scope: MutableMapping[str, Any], status: int, response_size: int, latency_s: float) -> None:
+    """The request's single access-log line, with Cloud Logging's `httpRequest` fields."""
+    level = logging.ERROR if status >= 500 else logging.INFO
+    if not access_logger.isEnabledFor(level):
+        return
+    headers = Headers(scope=scope)
+    forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
+    client = scope.get("client") or ("", 0)
+    http_request = {
+        "requestMethod": scope["method"],
+        "requestUrl": _safe_url(scope),
+        "status": status,
+        "responseSize": str(response_size),
+        "userAgent": headers.get("user-agent", ""),
+        "remoteIp": forwarded or client[0],
+        "latency": f"{latency_s:.6f}s",
+        "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
+    }
+    if (length := headers.get("content-length", "")).isdigit():
+        http_request["requestSize"] = length
+    message = f"{scope['method']} {scope['path']} {status}"
+    access_logger.log(level, message, extra={"fields": {"httpRequest": http_request}})
+
+
+def _safe_url(scope: MutableMapping[str, Any]) -> str:
+    """Path and query, with the values of anything that looks like a credential blanked."""
+    url: str = scope["path"]  # as the client sent it, ROOT_PATH included
+    query = scope.get("query_string", b"").decode("latin-1")
+    if not query:
+        return url
+    parts = []
+    for part in query.split("&"):
+        name, equals, _ = part.partition("=")
+        parts.append(f"{name}=REDACTED" if equals and _SECRET_QUERY_NAMES.search(name) else part)
+    return f"{url}?{'&'.join(parts)}"
 
 
 class CloudLoggingFormatter(logging.Formatter):

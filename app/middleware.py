@@ -1,6 +1,7 @@
 """Pure ASGI middleware (no per-request task or body copy): request context and the body limit."""
 
 import re
+import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -9,14 +10,14 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem_response
-from app.logs import RequestContext, current_request, trace_of
+from app.logs import RequestContext, current_request, log_access, trace_of
 
 MAX_BODY_BYTES = 1024 * 1024
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 class RequestContextMiddleware:
-    """Echo a sane `X-Request-ID` (or make one) on every response; set the context logs carry.
+    """Echo a sane `X-Request-ID` (or make one); set the context logs carry; write the access log.
 
     The context variable is deliberately not reset on the way out: the 500 handler runs after
     this middleware has returned, and its log line must still name the request. Each request
@@ -37,13 +38,21 @@ class RequestContextMiddleware:
         trace_id, span_id = trace_of(headers)
         execution_id = headers.get("function-execution-id")
         current_request.set(RequestContext(request_id, execution_id, trace_id, span_id))
+        started, status, response_size = time.perf_counter(), 500, 0
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status, response_size
             if message["type"] == "http.response.start":
+                status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            elif message["type"] == "http.response.body":
+                response_size += len(message.get("body", b""))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:  # an error escaping here is answered with a 500 by the server error handler
+            log_access(scope, status, response_size, time.perf_counter() - started)
 
 
 class BodySizeLimitMiddleware:

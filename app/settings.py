@@ -1,10 +1,17 @@
 """All configuration, read once from the environment and validated before the service starts."""
 
+import re
 from functools import lru_cache
 from typing import Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PRINCIPAL_PATTERN = re.compile(r"(\*|[^@\s*,]+)@[^@\s*,]+\.[^@\s*,]+")
+
+
+def _split(patterns: str) -> list[str]:
+    return [pattern.strip() for pattern in patterns.split(",") if pattern.strip()]
 
 
 class SettingsError(RuntimeError):
@@ -41,6 +48,19 @@ class Settings(BaseSettings):
         if url is not None and not url.startswith("postgresql+asyncpg://"):
             raise ValueError("must be a postgresql+asyncpg:// URL")
         return url
+
+    @field_validator("auth_allowed_principals")
+    @classmethod
+    def _principal_patterns(cls, value: str) -> str:
+        for pattern in _split(value):
+            if not _PRINCIPAL_PATTERN.fullmatch(pattern):
+                raise ValueError(f"{pattern!r} is neither an email nor a *@domain pattern")
+        return value
+
+    @property
+    def allowed_principals(self) -> tuple[str, ...]:
+        """Lower-cased emails and `*@domain` patterns; empty means any verified caller."""
+        return tuple(pattern.lower() for pattern in _split(self.auth_allowed_principals))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -93,9 +93,12 @@ def test_an_endpoint_that_raises_gives_one_500_problem_and_one_logged_traceback(
     assert "hunter2" not in response.text and "Traceback" not in response.text
     assert body["request_id"] == request_id
     _wait_for(lambda: any(entry.get("request_id") == request_id for entry in server.json_logs()))
-    entries = [entry for entry in server.json_logs() if entry.get("request_id") == request_id]
-    assert [entry["severity"] for entry in entries] == ["ERROR"]
-    assert entries[0]["message"].count("Traceback") == 1
+    _wait_for(lambda: len([entry for entry in server.json_logs() if entry.get("request_id") == request_id]) >= 2)
+    entries = {entry["logger"]: entry for entry in server.json_logs() if entry.get("request_id") == request_id}
+    assert sorted(entries) == ["app.access", "app.errors"]  # one error with its traceback, one access line
+    assert entries["app.errors"]["message"].count("Traceback") == 1
+    assert "Traceback" not in entries["app.access"]["message"]
+    assert entries["app.access"]["httpRequest"]["status"] == 500
     output = "".join(server.output)
     assert "Unexpected ASGI message" not in output
     assert "Exception on /__test__/boom" not in output  # the framework did not answer a second time

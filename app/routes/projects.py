@@ -83,7 +83,12 @@ async def update_project(
 
 
 @router.delete("/{project_id}", status_code=204, responses=problem_responses(404, 412))
-async def delete_project(project_id: uuid.UUID, session: SessionDep, if_match: IfMatch = None) -> None:
+async def delete_project(
+    project_id: uuid.UUID, session: SessionDep, principal: PrincipalDep, if_match: IfMatch = None
+) -> None:
     await projects.delete_project(
-        session=session, project_id=project_id, expected_versions=acceptable_versions(if_match, project_id)
+        session=session,
+        project_id=project_id,
+        expected_versions=acceptable_versions(if_match, project_id),
+        principal=principal,
     )

@@ -87,5 +87,9 @@ async def update_task(
 
 
 @router.delete("/v1/tasks/{task_id}", status_code=204, responses=problem_responses(404, 412))
-async def delete_task(task_id: uuid.UUID, session: SessionDep, if_match: IfMatch = None) -> None:
-    await tasks.delete_task(session=session, task_id=task_id, expected_versions=acceptable_versions(if_match, task_id))
+async def delete_task(
+    task_id: uuid.UUID, session: SessionDep, principal: PrincipalDep, if_match: IfMatch = None
+) -> None:
+    await tasks.delete_task(
+        session=session, task_id=task_id, expected_versions=acceptable_versions(if_match, task_id), principal=principal
+    )

@@ -21,9 +21,9 @@ def _name_taken(error: IntegrityError, name: str | None) -> Exception:
 
 
 async def create_project(*, session: AsyncSession, data: ProjectCreate, principal: str | None) -> Project:
-    values = data.model_dump() | {"created_by": principal, "updated_by": principal}
+    values = data.model_dump()
     try:
-        return await versioned.insert_returning(session, Project, values)
+        return await versioned.insert_returning(session, Project, values, principal=principal)
     except IntegrityError as error:  # the unique index decides, so two racing creates cannot both win
         raise _name_taken(error, data.name) from None
 
@@ -58,7 +58,9 @@ async def update_project(
 
 
 async def delete_project(
-    *, session: AsyncSession, project_id: uuid.UUID, expected_versions: frozenset[int] | None
+    *, session: AsyncSession, project_id: uuid.UUID, expected_versions: frozenset[int] | None, principal: str | None
 ) -> None:
     """Deletes the project's tasks too (ON DELETE CASCADE), in the same statement."""
-    await versioned.delete_versioned(session, Project, resource_id=project_id, expected_versions=expected_versions)
+    await versioned.delete_versioned(
+        session, Project, resource_id=project_id, expected_versions=expected_versions, principal=principal
+    )

@@ -19,9 +19,9 @@ def _is_missing_project(error: IntegrityError) -> bool:
 
 
 async def create_task(*, session: AsyncSession, project_id: uuid.UUID, data: TaskCreate, principal: str | None) -> Task:
-    values = data.model_dump() | {"project_id": project_id, "created_by": principal, "updated_by": principal}
+    values = data.model_dump() | {"project_id": project_id}
     try:
-        return await versioned.insert_returning(session, Task, values)
+        return await versioned.insert_returning(session, Task, values, principal=principal)
     except IntegrityError as error:
         if _is_missing_project(error):
             raise versioned.not_found(Project, project_id) from None
@@ -65,5 +65,9 @@ async def update_task(
         raise
 
 
-async def delete_task(*, session: AsyncSession, task_id: uuid.UUID, expected_versions: frozenset[int] | None) -> None:
-    await versioned.delete_versioned(session, Task, resource_id=task_id, expected_versions=expected_versions)
+async def delete_task(
+    *, session: AsyncSession, task_id: uuid.UUID, expected_versions: frozenset[int] | None, principal: str | None
+) -> None:
+    await versioned.delete_versioned(
+        session, Task, resource_id=task_id, expected_versions=expected_versions, principal=principal
+    )

@@ -9,6 +9,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.errors import NotFound, PreconditionFailed
+from app.logs import audit
 from app.models import Audited
 
 ModelT = TypeVar("ModelT", bound=Audited)
@@ -26,10 +27,24 @@ def not_found(model: type[Audited], resource_id: uuid.UUID) -> NotFound:
     return NotFound(f"{model.__name__.lower()} {resource_id} does not exist")
 
 
-async def insert_returning(session: AsyncSession, model: type[ModelT], values: dict[str, Any]) -> ModelT:
+def _audit(action: str, resource: Audited, principal: str | None) -> None:
+    audit(
+        action=action,
+        resource_type=type(resource).__name__.lower(),
+        resource_id=resource.id,
+        version=resource.version,
+        principal=principal,
+    )
+
+
+async def insert_returning(
+    session: AsyncSession, model: type[ModelT], values: dict[str, Any], *, principal: str | None
+) -> ModelT:
     """One INSERT ... RETURNING: the database fills id, timestamps and version."""
+    values = values | {"created_by": principal, "updated_by": principal}
     created: ModelT = (await session.exec(insert(model).values(**values).returning(model))).scalars().one()
     await session.commit()
+    _audit("create", created, principal)
     return created
 
 
@@ -63,19 +78,28 @@ async def update_versioned(
     if updated is None:
         await _raise_missing_or_stale(session, model, resource_id)
     await session.commit()
+    if values:
+        _audit("update", updated, principal)
     return updated
 
 
 async def delete_versioned(
-    session: AsyncSession, model: type[ModelT], *, resource_id: uuid.UUID, expected_versions: frozenset[int] | None
+    session: AsyncSession,
+    model: type[ModelT],
+    *,
+    resource_id: uuid.UUID,
+    expected_versions: frozenset[int] | None,
+    principal: str | None,
 ) -> None:
     statement = delete(model).where(col(model.id) == resource_id)
     if expected_versions is not None:
         statement = statement.where(col(model.version).in_(expected_versions))
-    deleted = (await session.exec(statement.returning(col(model.id)), execution_options=_NO_SYNC)).first()
+    returning = statement.returning(model).execution_options(**_NO_SYNC)
+    deleted: ModelT | None = (await session.exec(returning)).scalars().one_or_none()
     if deleted is None:
         await _raise_missing_or_stale(session, model, resource_id)
     await session.commit()
+    _audit("delete", deleted, principal)
 
 
 async def _raise_missing_or_stale(session: AsyncSession, model: type[ModelT], resource_id: uuid.UUID) -> NoReturn:

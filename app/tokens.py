@@ -1,0 +1,124 @@
+"""ID-token verification with PyJWT: signature against a cached JWKS, expiry, issuer, audience.
+
+Imported only when AUTH_MODE is not `none` (PyJWT with cryptography costs about 150 ms of import).
+"""
+
+import asyncio
+import json
+import logging
+import math
+import time
+import urllib.request
+from typing import Any
+
+import jwt
+
+from app.auth import InvalidToken, KeysUnavailable
+
+logger = logging.getLogger(__name__)
+
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
+ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "PS256"})  # never "none" or HMAC
+MIN_REFETCH_S = 30.0  # an unknown `kid` refetches the key set at most this often
+FETCH_TIMEOUT_S = 5.0
+CLOCK_SKEW_S = 30
+
+
+class KeySet:
+    """A JWKS cache. Keys are fetched off the event loop; concurrent misses share one fetch."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -math.inf
+        self._fetching: asyncio.Task[None] | None = None
+        self.fetches = 0
+
+    async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
+        key = self._lookup(kid)
+        if key is None and time.monotonic() - self._fetched_at >= MIN_REFETCH_S:
+            await self._refresh()
+            key = self._lookup(kid)
+        return key
+
+    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None and len(self._keys) == 1:  # a lone key needs no id
+            return next(iter(self._keys.values()))
+        return self._keys.get(kid) if kid is not None else None
+
+    async def _refresh(self) -> None:
+        if self._fetching is None:  # no await before the assignment: one fetch for all callers
+            self._fetching = asyncio.ensure_future(self._fetch())
+        fetching = self._fetching
+        try:
+            await asyncio.shield(fetching)
+        finally:
+            if fetching.done() and self._fetching is fetching:
+                self._fetching = None
+
+    async def _fetch(self) -> None:
+        self.fetches += 1
+        try:
+            document = await asyncio.to_thread(_download_json, self.url)  # never block the loop
+            keys = {}
+            for entry in document.get("keys", []):
+                if entry.get("use", "sig") == "sig" and "kid" in entry:
+                    keys[entry["kid"]] = jwt.PyJWK(entry)
+        except Exception as error:
+            logger.warning("cannot fetch the signing keys from %s: %s", self.url, type(error).__name__)
+            raise KeysUnavailable("the token signing keys cannot be fetched right now") from None
+        finally:
+            self._fetched_at = time.monotonic()  # a failed fetch also counts, or an outage would hammer it
+        self._keys = keys
+        logger.info("fetched %d signing keys from %s", len(keys), self.url)
+
+
+def _download_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (a configured https URL)
+        document: dict[str, Any] = json.loads(response.read())
+        return document
+
+
+class TokenVerifier:
+    def __init__(self, *, keys: KeySet, issuers: tuple[str, ...], audience: str) -> None:
+        self.keys = keys
+        self.issuers = issuers
+        self.audience = audience
+
+    async def principal(self, token: str) -> str:
+        """The verified caller: its `email` when verified, else its `sub`."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise InvalidToken("the token is not a well-formed JWT") from None
+        key = await self.keys.key_for(header.get("kid"))
+        if key is None:
+            raise InvalidToken("the token was signed with an unknown key")
+        algorithm = header.get("alg")
+        if algorithm not in ALGORITHMS or algorithm != (key.algorithm_name or algorithm):
+            raise InvalidToken("the token's signing algorithm is not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuers,
+                leeway=CLOCK_SKEW_S,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("the token is not meant for this service (audience)") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("the token's issuer is not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("the token's signature is not valid") from None
+        except jwt.InvalidTokenError as error:
+            raise InvalidToken(f"the token is not valid ({type(error).__name__})") from None
+        email = claims.get("email")
+        if isinstance(email, str) and claims.get("email_verified") is True:
+            return email
+        return str(claims["sub"])

@@ -1,0 +1,250 @@
+"""Identity: ID tokens checked against a key set served on loopback, the allow-list, authorship."""
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app import tokens
+from app.api import create_app
+from app.settings import Settings
+from tests.conftest import unique
+from tests.helpers import assert_problem
+from tests.identity_fakes import AUDIENCE, Issuer, SigningKey
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    running = Issuer().start()
+    yield running
+    running.stop()
+
+
+async def _client_for(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+@pytest.fixture
+async def google_app(database_url: str, issuer: Issuer) -> AsyncIterator[FastAPI]:
+    app = create_app(
+        Settings(
+            database_url=database_url,
+            auth_mode="google",
+            auth_audience=AUDIENCE,
+            oidc_jwks_url=issuer.jwks_url,  # instead of Google's key set, which is not reachable here
+            auth_allowed_principals="alice@example.com, *@corp.example.com",
+        )
+    )
+    yield app
+    await app.state.database.dispose()
+
+
+@pytest.fixture
+async def client(google_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with await _client_for(google_app) as http:
+        yield http
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _forged(issuer: Issuer, **header_and_claims: Any) -> str:
+    """A token whose header we choose freely (alg none, HMAC with a public key...)."""
+    header = {"alg": header_and_claims.pop("alg"), "kid": issuer.keys[0].kid, "typ": "JWT"}
+    payload = json.loads(base64.urlsafe_b64decode(issuer.token().split(".")[1] + "=="))
+
+    def encode(part: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+
+    return f"{encode(header)}.{encode(payload)}.{header_and_claims.get('signature', '')}"
+
+
+async def test_a_call_without_a_token_is_401_with_a_bearer_challenge(client: httpx.AsyncClient) -> None:
+    for method, path in [("GET", "/v1/projects"), ("POST", "/v1/projects"), ("DELETE", "/v1/tasks/x"), ("GET", "/v1")]:
+        response = await client.request(method, path)
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_another_scheme_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/projects", headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
+    assert_problem(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("malformed", "not a well-formed JWT"),
+        ("expired", "expired"),
+        ("wrong_audience", "audience"),
+        ("wrong_issuer", "issuer"),
+        ("bad_signature", "signature"),
+        ("unknown_key", "unknown key"),
+        ("alg_none", "algorithm"),
+        ("hmac_with_public_key", "algorithm"),
+    ],
+)
+async def test_an_invalid_token_is_401_and_says_why(
+    client: httpx.AsyncClient, issuer: Issuer, case: str, reason: str
+) -> None:
+    impostor = SigningKey(kid=issuer.keys[0].kid)  # same key id, different private key
+    token = {
+        "malformed": lambda: "not.a.jwt",
+        "expired": lambda: issuer.token(expires_in=-120),
+        "wrong_audience": lambda: issuer.token(audience="https://someone-else.example"),
+        "wrong_issuer": lambda: issuer.token(issuer="https://evil.example"),
+        "bad_signature": lambda: issuer.token(key=impostor),
+        "unknown_key": lambda: issuer.token(key=SigningKey()),
+        "alg_none": lambda: _forged(issuer, alg="none"),
+        "hmac_with_public_key": lambda: _forged(issuer, alg="HS256", signature="c2lnbmF0dXJl"),
+    }[case]()
+    response = await client.get("/v1/projects", headers=bearer(token))
+    body = assert_problem(response, 401)
+    assert reason in body["detail"]
+    assert response.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+
+
+async def test_a_verified_caller_outside_the_allow_list_is_403(client: httpx.AsyncClient, issuer: Issuer) -> None:
+    response = await client.get("/v1/projects", headers=bearer(issuer.token("mallory@example.com")))
+    assert "mallory@example.com" in assert_problem(response, 403)["detail"]
+
+
+@pytest.mark.parametrize("email", ["alice@example.com", "ALICE@Example.com", "bob@corp.example.com"])
+async def test_the_allow_list_takes_exact_emails_and_domain_patterns(
+    client: httpx.AsyncClient, issuer: Issuer, email: str
+) -> None:
+    assert (await client.get("/v1/projects", headers=bearer(issuer.token(email)))).status_code == 200
+
+
+async def test_a_subdomain_does_not_match_a_domain_pattern(client: httpx.AsyncClient, issuer: Issuer) -> None:
+    response = await client.get("/v1/projects", headers=bearer(issuer.token("eve@evil.corp.example.com")))
+    assert_problem(response, 403)
+
+
+async def test_an_unverified_email_is_not_the_principal(client: httpx.AsyncClient, issuer: Issuer) -> None:
+    token = issuer.token("alice@example.com", email_verified=False)  # principal becomes `sub`, not allowed
+    assert_problem(await client.get("/v1/projects", headers=bearer(token)), 403)
+
+
+async def test_a_rejected_call_writes_nothing(client: httpx.AsyncClient, issuer: Issuer) -> None:
+    name = unique("rejected")
+    for headers in [{}, bearer(issuer.token(expires_in=-60)), bearer(issuer.token("mallory@example.com"))]:
+        response = await client.post("/v1/projects", json={"name": name}, headers=headers)
+        assert response.status_code in (401, 403)
+    listed = await client.get("/v1/projects", params={"q": name}, headers=bearer(issuer.token()))
+    assert listed.json()["items"] == []
+
+
+async def test_a_bad_token_is_refused_before_the_body_is_read(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/projects", content=b"{not json", headers={"content-type": "application/json"})
+    assert_problem(response, 401)
+
+
+async def test_health_docs_and_openapi_stay_open(client: httpx.AsyncClient) -> None:
+    for path in ["/healthz", "/readyz", "/docs", "/openapi.json"]:
+        assert (await client.get(path)).status_code == 200, path
+
+
+async def test_openapi_documents_the_bearer_scheme(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/projects"]["post"]["security"] == [{"HTTPBearer": []}]
+
+
+async def test_created_by_and_updated_by_are_the_principals(client: httpx.AsyncClient, issuer: Issuer) -> None:
+    alice, bob = issuer.token("alice@example.com"), issuer.token("bob@corp.example.com")
+    created = (await client.post("/v1/projects", json={"name": unique()}, headers=bearer(alice))).json()
+    assert (created["created_by"], created["updated_by"]) == ("alice@example.com", "alice@example.com")
+    url = f"/v1/projects/{created['id']}"
+    patched = (await client.patch(url, json={"description": "b"}, headers=bearer(bob))).json()
+    assert (patched["created_by"], patched["updated_by"]) == ("alice@example.com", "bob@corp.example.com")
+    task = await client.post(f"{url}/tasks", json={"title": "t", "created_by": "x"}, headers=bearer(bob))
+    assert_problem(task, 422)  # a client cannot claim authorship
+
+
+async def test_oidc_mode_checks_the_configured_issuer(database_url: str) -> None:
+    other = Issuer(issuer="https://login.example.org").start()
+    try:
+        app = create_app(
+            Settings(
+                database_url=database_url,
+                auth_mode="oidc",
+                auth_audience=AUDIENCE,
+                oidc_issuer="https://login.example.org",
+                oidc_jwks_url=other.jwks_url,
+            )
+        )
+        async with await _client_for(app) as client:
+            ok = await client.get("/v1/projects", headers=bearer(other.token("anyone@anywhere.example")))
+            assert ok.status_code == 200  # an empty allow-list admits any verified caller
+            google = await client.get("/v1/projects", headers=bearer(other.token(issuer="https://accounts.google.com")))
+            assert "issuer" in assert_problem(google, 401)["detail"]
+        await app.state.database.dispose()
+    finally:
+        other.stop()
+
+
+async def test_an_unknown_key_refetches_the_key_set_once_and_is_rate_limited(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "MIN_REFETCH_S", 1.0)
+    rotating = Issuer().start()
+    try:
+        app = create_app(
+            Settings(
+                database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=rotating.jwks_url
+            )
+        )
+        async with await _client_for(app) as client:
+            assert (await client.get("/v1/projects", headers=bearer(rotating.token()))).status_code == 200
+            assert rotating.fetches == 1
+            for _ in range(3):  # cached keys: no fetch on the hot path
+                await client.get("/v1/projects", headers=bearer(rotating.token()))
+            assert rotating.fetches == 1
+            new_key = SigningKey()
+            rotating.published.append(new_key)
+            strangers = [bearer(rotating.token(key=SigningKey())) for _ in range(5)]
+            await asyncio.gather(*(client.get("/v1/projects", headers=headers) for headers in strangers))
+            assert rotating.fetches == 1, "unknown keys within the interval must not refetch"
+            await asyncio.sleep(1.1)
+            rotated = await client.get("/v1/projects", headers=bearer(rotating.token(key=new_key)))
+            assert rotated.status_code == 200
+            assert rotating.fetches == 2
+        await app.state.database.dispose()
+    finally:
+        rotating.stop()
+
+
+async def test_an_unreachable_key_set_is_a_503(database_url: str) -> None:
+    down = Issuer().start()
+    down.down = True
+    try:
+        app = create_app(
+            Settings(database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=down.jwks_url)
+        )
+        async with await _client_for(app) as client:
+            response = await client.get("/v1/projects", headers=bearer(down.token()))
+        assert_problem(response, 503)
+        assert response.headers["retry-after"] == "5"
+        await app.state.database.dispose()
+    finally:
+        down.stop()
+
+
+def test_pyjwt_is_not_loaded_without_authentication() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "import sys, main; print('jwt' in sys.modules)"
+    env = {"DATABASE_URL": "postgresql+asyncpg://u@h/d", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

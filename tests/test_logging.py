@@ -1,0 +1,184 @@
+"""Log lines as Cloud Logging reads them: audit entries, the access line, trace ids, no secrets."""
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.api import create_app
+from app.logs import CloudLoggingFormatter, TextFormatter
+from app.settings import Settings
+from tests.conftest import unique
+from tests.identity_fakes import AUDIENCE, Issuer
+
+
+class Captured:
+    def __init__(self, stream: io.StringIO) -> None:
+        self.stream = stream
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text().splitlines() if line]
+
+    def of(self, logger: str, request_id: str | None = None) -> list[dict[str, Any]]:
+        return [
+            entry
+            for entry in self.entries()
+            if entry["logger"] == logger and (request_id is None or entry.get("request_id") == request_id)
+        ]
+
+
+@pytest.fixture
+def logs() -> Iterator[Captured]:
+    """The app's log lines, formatted exactly as on Cloud Functions (JSON), every level."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(CloudLoggingFormatter("my-project"))
+    app_logger = logging.getLogger("app")
+    previous = app_logger.level
+    app_logger.addHandler(handler)
+    app_logger.setLevel(logging.DEBUG)
+    yield Captured(stream)
+    app_logger.removeHandler(handler)
+    app_logger.setLevel(previous)
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    running = Issuer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def authed(database_url: str, issuer: Issuer) -> AsyncIterator[httpx.AsyncClient]:
+    app: FastAPI = create_app(
+        Settings(database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=issuer.jwks_url)
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        yield client
+    await app.state.database.dispose()
+
+
+async def test_every_write_is_one_audit_entry_at_notice(
+    authed: httpx.AsyncClient, issuer: Issuer, logs: Captured
+) -> None:
+    headers = {"Authorization": f"Bearer {issuer.token('alice@example.com')}", "X-Request-ID": unique("audit")}
+    project = (await authed.post("/v1/projects", json={"name": unique()}, headers=headers)).json()
+    url = f"/v1/projects/{project['id']}"
+    await authed.patch(url, json={"description": "d"}, headers=headers)
+    await authed.get(url, headers=headers)  # a read is not audited
+    await authed.patch(url, json={"description": "stale"}, headers=headers | {"If-Match": '"nope"'})  # refused
+    await authed.delete(url, headers=headers)
+    entries = logs.of("app.audit", headers["X-Request-ID"])
+    assert [entry["severity"] for entry in entries] == ["NOTICE"] * 3
+    assert [entry["audit"] for entry in entries] == [
+        {
+            "principal": "alice@example.com",
+            "action": action,
+            "resource_type": "project",
+            "resource_id": project["id"],
+            "version": version,
+            "request_id": headers["X-Request-ID"],
+        }
+        for action, version in [("create", 1), ("update", 2), ("delete", 2)]
+    ]
+
+
+async def test_task_writes_are_audited_with_their_resource_type(client: httpx.AsyncClient, logs: Captured) -> None:
+    project = (await client.post("/v1/projects", json={"name": unique()})).json()
+    task = (await client.post(f"/v1/projects/{project['id']}/tasks", json={"title": "t"})).json()
+    (entry,) = [entry for entry in logs.of("app.audit") if entry["audit"]["resource_id"] == task["id"]]
+    assert entry["audit"] | {"request_id": None} == {
+        "principal": None,  # AUTH_MODE=none
+        "action": "create",
+        "resource_type": "task",
+        "resource_id": task["id"],
+        "version": 1,
+        "request_id": None,
+    }
+
+
+async def test_each_request_writes_one_access_line(client: httpx.AsyncClient, logs: Captured) -> None:
+    request_id = unique("access")
+    headers = {"X-Request-ID": request_id, "User-Agent": "tests/1.0", "X-Forwarded-For": "203.0.113.7, 10.0.0.1"}
+    response = await client.post("/v1/projects?debug=1", json={"name": unique()}, headers=headers)
+    (entry,) = logs.of("app.access", request_id)
+    http_request = entry.pop("httpRequest")
+    assert http_request.pop("latency").endswith("s")
+    assert http_request == {
+        "requestMethod": "POST",
+        "requestUrl": "/v1/projects?debug=1",
+        "status": 201,
+        "requestSize": response.request.headers["content-length"],
+        "responseSize": str(len(response.content)),
+        "userAgent": "tests/1.0",
+        "remoteIp": "203.0.113.7",
+        "protocol": "HTTP/1.1",
+    }
+    assert (entry["severity"], entry["message"]) == ("INFO", "POST /v1/projects 201")
+
+
+@pytest.mark.parametrize(
+    ("headers", "trace", "span"),
+    [
+        (
+            {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+            "0af7651916cd43dd8448eb211c80319c",
+            "b7ad6b7169203331",
+        ),
+        (
+            {"X-Cloud-Trace-Context": "105445aa7843bc8bf206b12000100000/123;o=1"},
+            "105445aa7843bc8bf206b12000100000",
+            "000000000000007b",
+        ),
+        ({"X-Cloud-Trace-Context": "105445AA7843BC8BF206B12000100000"}, "105445aa7843bc8bf206b12000100000", None),
+    ],
+)
+async def test_log_lines_carry_the_trace_from_either_header(
+    client: httpx.AsyncClient, logs: Captured, headers: dict[str, str], trace: str, span: str | None
+) -> None:
+    request_id = unique("trace")
+    await client.get("/v1/projects", headers=headers | {"X-Request-ID": request_id, "Function-Execution-Id": "ex-1"})
+    (entry,) = logs.of("app.access", request_id)
+    assert entry["logging.googleapis.com/trace"] == f"projects/my-project/traces/{trace}"
+    assert entry.get("logging.googleapis.com/spanId") == span
+    assert entry["logging.googleapis.com/labels"] == {"execution_id": "ex-1"}
+
+
+async def test_a_malformed_trace_header_is_ignored(client: httpx.AsyncClient, logs: Captured) -> None:
+    request_id = unique("badtrace")
+    await client.get("/healthz", headers={"traceparent": "garbage", "X-Request-ID": request_id})
+    (entry,) = logs.of("app.access", request_id)
+    assert "logging.googleapis.com/trace" not in entry
+
+
+async def test_no_token_password_or_authorization_header_reaches_a_log_line(
+    authed: httpx.AsyncClient, issuer: Issuer, logs: Captured
+) -> None:
+    good, expired = issuer.token("alice@example.com"), issuer.token(expires_in=-60)
+    secrets = [good, expired, "hunter2-password", "s3cr3t-query-token"]
+    for token in [good, expired, "not.a.jwt", "hunter2-password"]:
+        await authed.get("/v1/projects", headers={"Authorization": f"Bearer {token}"})
+        await authed.post("/v1/projects", json={"name": unique()}, headers={"Authorization": f"Bearer {token}"})
+    await authed.get("/v1/projects?access_token=s3cr3t-query-token&password=hunter2-password&q=x")
+    await authed.get("/healthz", headers={"Authorization": f"Basic {good}"})
+    text = logs.text()
+    assert logs.of("app.access"), "nothing was logged: the test would prove nothing"
+    for secret in [*secrets, *(secret.split(".")[1] for secret in secrets[:2])]:
+        assert secret not in text
+    assert "Bearer " not in text and "Authorization" not in text
+    assert "access_token=REDACTED" in text and "password=REDACTED" in text and "q=x" in text
+
+
+def test_text_format_is_for_people() -> None:
+    record = logging.LogRecord("app.x", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
+    line = TextFormatter().format(record)
+    assert line.endswith("WARNING app.x disk full")
