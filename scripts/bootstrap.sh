@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# One-time set-up of a Google Cloud project for this service, safe to run again: everything it
+# makes is looked up first, and every grant is a no-op when it is already there. See --help.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/bootstrap.sh [--help]
+
+Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.yaml):
+  - enables the APIs the build, the function and Cloud SQL use;
+  - creates the Cloud SQL for PostgreSQL instance with cloudsql.iam_authentication=on (or turns the
+    flag on for an existing instance, keeping its other flags) and the database;
+  - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
+    Build runs as it), grants them their roles, and creates their IAM database users;
+  - prints the one manual step left: migrations/roles.sql, run once as the `postgres` user.
+Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
+accounts, and set IAM policies). It changes nothing that is already as it should be.
+
+Settings (environment variables; default after the colon):
+  PROJECT      project id: gcloud config get-value project
+  REGION       region of the instance, the function and the build: europe-west1
+  INSTANCE     Cloud SQL instance: projects-db
+  DB_NAME      database: app
+  DB_VERSION   PostgreSQL version of a new instance: POSTGRES_17
+  DB_TIER      machine type of a new instance: db-custom-1-3840
+  FUNCTION     function name, for the build command printed at the end: projects-api
+  RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
+  MIGRATOR_SA  the build's service account: migrator@PROJECT.iam.gserviceaccount.com
+  SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
+               gcloud config get-value account
+
+db-custom-1-3840 (Enterprise edition) allows 100 connections: room for the build's default
+--max-instances=10 times the 7 pooled connections of each instance, plus the migrator.
+If creating the instance outlasts gcloud's wait, let the operation finish and run this again.
+
+Example:
+  PROJECT=my-project REGION=europe-west1 INSTANCE=projects-db scripts/bootstrap.sh
+EOF
+}
+
+case "${1:-}" in
+  -h | --help)
+    usage
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "unknown argument: $1 (try --help)" >&2
+    exit 2
+    ;;
+esac
+
+die() {
+  echo "bootstrap: $*" >&2
+  exit 1
+}
+
+step() {
+  echo "==> $*"
+}
+
+# IAM answers "does not exist" for a few seconds after a service account is created: try again.
+retry() {
+  local attempt
+  for attempt in 1 2 3 4 5 6; do
+    if "$@"; then
+      return 0
+    fi
+    echo "    (attempt $attempt failed; retrying in 10 s)" >&2
+    sleep 10
+  done
+  "$@"
+}
+
+command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+
+PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
+[ -n "$PROJECT" ] || die "no project: set PROJECT or run 'gcloud config set project PROJECT_ID'"
+REGION="${REGION:-europe-west1}"
+INSTANCE="${INSTANCE:-projects-db}"
+DB_NAME="${DB_NAME:-app}"
+DB_VERSION="${DB_VERSION:-POSTGRES_17}"
+DB_TIER="${DB_TIER:-db-custom-1-3840}"
+FUNCTION="${FUNCTION:-projects-api}"
+RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
+MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
+SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
+
+for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
+  [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||
+    die "$sa: expected a service account of project $PROJECT (NAME@${PROJECT}.iam.gserviceaccount.com)"
+done
+
+# Cloud SQL names a service account's IAM database user after its email without the domain suffix.
+RUNTIME_DB_USER="${RUNTIME_SA%.gserviceaccount.com}"
+MIGRATOR_DB_USER="${MIGRATOR_SA%.gserviceaccount.com}"
+CONNECTION_NAME="${PROJECT}:${REGION}:${INSTANCE}"
+
+echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME"
+echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
+
+step "Enabling APIs"
+# compute.googleapis.com is not needed: the function builds and runs as the service accounts below,
+# never as the Compute Engine default account, and the instance is reached over its public IP.
+gcloud services enable --project="$PROJECT" \
+  cloudresourcemanager.googleapis.com \
+  serviceusage.googleapis.com \
+  iam.googleapis.com \
+  iamcredentials.googleapis.com \
+  cloudfunctions.googleapis.com \
+  run.googleapis.com \
+  cloudbuild.googleapis.com \
+  artifactregistry.googleapis.com \
+  storage.googleapis.com \
+  sqladmin.googleapis.com \
+  logging.googleapis.com
+
+step "Service accounts"
+ensure_service_account() {
+  local email="$1" description="$2"
+  if gcloud iam service-accounts describe "$email" --project="$PROJECT" >/dev/null 2>&1; then
+    echo "    $email exists"
+  else
+    gcloud iam service-accounts create "${email%%@*}" --project="$PROJECT" --display-name="$description"
+  fi
+}
+ensure_service_account "$RUNTIME_SA" "projects API function (runtime)"
+ensure_service_account "$MIGRATOR_SA" "projects API migrations and deploys (Cloud Build)"
+
+grant_project_role() {
+  local member="$1" role="$2"
+  echo "    $role -> $member"
+  retry gcloud projects add-iam-policy-binding "$PROJECT" \
+    --member="$member" --role="$role" --condition=None --quiet >/dev/null
+}
+
+grant_service_account_user() {
+  local service_account="$1" member="$2"
+  echo "    roles/iam.serviceAccountUser on $service_account -> $member"
+  retry gcloud iam service-accounts add-iam-policy-binding "$service_account" --project="$PROJECT" \
+    --member="$member" --role=roles/iam.serviceAccountUser --quiet >/dev/null
+}
+
+step "Roles"
+# Both identities fetch connector certificates (client) and log in as their IAM database user.
+for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
+  grant_project_role "serviceAccount:$sa" roles/cloudsql.client
+  grant_project_role "serviceAccount:$sa" roles/cloudsql.instanceUser
+done
+# The migrator runs cloudbuild.yaml and the Cloud Build job that builds the function's image:
+#   logging.logWriter       build logs (options.logging: CLOUD_LOGGING_ONLY)
+#   storage.objectViewer    the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*)
+#   artifactregistry.writer the function's image (the gcf-artifacts repository)
+#   cloudfunctions.developer create and update the function
+#   run.invoker             the smoke test's call; project-wide because the function's service
+#                           does not exist before the first build. Once it does, you may move the
+#                           grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
+for role in roles/logging.logWriter roles/storage.objectViewer roles/artifactregistry.writer \
+  roles/cloudfunctions.developer roles/run.invoker; do
+  grant_project_role "serviceAccount:$MIGRATOR_SA" "$role"
+done
+# Deploying as the migrator attaches the runtime account to the function and builds as itself.
+grant_service_account_user "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA"
+grant_service_account_user "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA"
+# Whoever runs `gcloud builds submit` must be allowed to start a build as the migrator.
+if [ -n "$SUBMITTER" ]; then
+  if [[ "$SUBMITTER" == *.gserviceaccount.com ]]; then
+    submitter_member="serviceAccount:$SUBMITTER"
+  else
+    submitter_member="user:$SUBMITTER"
+  fi
+  grant_service_account_user "$MIGRATOR_SA" "$submitter_member"
+fi
+
+step "Cloud SQL instance $INSTANCE"
+if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&1; then
+  # `patch --database-flags` replaces the whole list: keep the instance's other flags.
+  current_flags="$(gcloud sql instances describe "$INSTANCE" --project="$PROJECT" \
+    --flatten=settings.databaseFlags \
+    --format='value[separator="="](settings.databaseFlags.name,settings.databaseFlags.value)')"
+  flags=()
+  iam_authentication=off
+  while IFS= read -r flag; do
+    case "$flag" in
+      "" | "=") ;;
+      cloudsql.iam_authentication=on) iam_authentication=on ;;
+      cloudsql.iam_authentication=*) ;;
+      *) flags+=("$flag") ;;
+    esac
+  done <<<"$current_flags"
+  if [ "$iam_authentication" = on ]; then
+    echo "    exists, cloudsql.iam_authentication=on"
+  else
+    flags+=("cloudsql.iam_authentication=on")
+    joined="$(IFS='|' && echo "${flags[*]}")"
+    # ^|^ makes | the list separator, so a flag value may contain commas.
+    gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --database-flags="^|^${joined}" --quiet
+  fi
+else
+  echo "    creating (this takes several minutes)"
+  gcloud sql instances create "$INSTANCE" --project="$PROJECT" --region="$REGION" \
+    --database-version="$DB_VERSION" --edition=enterprise --tier="$DB_TIER" \
+    --assign-ip --database-flags=cloudsql.iam_authentication=on
+fi
+
+step "Database $DB_NAME"
+if gcloud sql databases describe "$DB_NAME" --instance="$INSTANCE" --project="$PROJECT" >/dev/null 2>&1; then
+  echo "    exists"
+else
+  gcloud sql databases create "$DB_NAME" --instance="$INSTANCE" --project="$PROJECT"
+fi
+
+step "IAM database users"
+existing_users="$(gcloud sql users list --instance="$INSTANCE" --project="$PROJECT" --format='value(name)')"
+for db_user in "$MIGRATOR_DB_USER" "$RUNTIME_DB_USER"; do
+  if grep -Fxq -- "$db_user" <<<"$existing_users"; then
+    echo "    $db_user exists"
+  else
+    gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
+      --type=cloud_iam_service_account
+  fi
+done
+
+cat <<EOF
+
+Done. One manual step is left, once per database: run migrations/roles.sql as the instance's
+\`postgres\` user, so that the migrator owns the database and the runtime may only read and write
+rows. From the repository root, with psql and the Cloud SQL Auth Proxy (cloud-sql-proxy) installed
+(the proxy uses your Application Default Credentials: gcloud auth application-default login):
+
+  gcloud sql users set-password postgres --instance=${INSTANCE} --project=${PROJECT} --prompt-for-password
+  cloud-sql-proxy ${CONNECTION_NAME} --port=5433 &
+  psql "host=127.0.0.1 port=5433 dbname=${DB_NAME} user=postgres" \\
+    -v database=${DB_NAME} -v migrator=${MIGRATOR_DB_USER} -v runtime=${RUNTIME_DB_USER} \\
+    -f migrations/roles.sql
+  kill %1
+
+Then test, migrate, deploy and smoke-test:
+
+  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
+    --substitutions=_REGION=${REGION},_INSTANCE=${INSTANCE},_DB_NAME=${DB_NAME},_FUNCTION=${FUNCTION},_RUNTIME_SA=${RUNTIME_SA},_MIGRATOR_SA=${MIGRATOR_SA}
+EOF
