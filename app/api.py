@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 
 from app.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
 from app.database import Database
+from app.db_errors import install_database_handlers
 from app.errors import install_problem_handlers
 from app.logs import configure_logging
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = Database(settings)
     install_problem_handlers(app)
+    install_database_handlers(app)
     # Middleware runs in the reverse order of adding: request context, then authentication, then size.
     app.add_middleware(BodySizeLimitMiddleware)
     verifier = build_verifier(settings)

@@ -6,30 +6,35 @@ first session is handed out, one connection proves the identity works; if it doe
 get a 503 problem and the next request tries again.
 """
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import text
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.errors import ServiceUnavailable
+from app.db_errors import (
+    TRANSIENT_CONNECT_ERRORS,
+    DatabaseUnavailable,
+    breaks_the_connection,
+    causes,
+    unavailable_reason,
+)
 from app.once import Once
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_S = "5"
-
-
-class DatabaseUnavailable(ServiceUnavailable):
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"the database is not available: {reason}", headers={"Retry-After": RETRY_AFTER_S})
+CONNECT_ATTEMPTS = 3  # a restart or failover drops connections for a moment: try again, briefly
+CONNECT_BACKOFF_S = 0.1  # full jitter: sleep uniform(0, 0.1 * 2**attempt) between attempts
 
 
 def _load_cloud_sql(settings: Settings) -> ModuleType | None:
@@ -82,17 +87,23 @@ class Database:
             "statement_timeout": str(settings.db_statement_timeout_ms),  # no runaway query holds a connection
             "application_name": "fastapi-cloud-function",
         }
-        options: dict[str, Any]
+        connect: Callable[[], Awaitable[asyncpg.Connection]]
         if self._cloud_sql is not None:
             self._connector = self._connector or await self._cloud_sql.open_connector(settings)
             connect = self._cloud_sql.connection_factory(self._connector, settings, server_settings)
-            url, options = "postgresql+asyncpg://", {"async_creator": connect}
         else:
             assert settings.database_url is not None  # guaranteed by Settings validation
-            url, options = settings.database_url, {"connect_args": {"server_settings": server_settings}}
+            dsn = make_url(settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+            connect_timeout = min(settings.db_pool_timeout_s, 10)
+
+            async def connect() -> asyncpg.Connection:
+                return await asyncpg.connect(dsn, server_settings=server_settings, timeout=connect_timeout)
+
+        options: dict[str, Any] = {"async_creator": _with_retries(connect)}
+        url = "postgresql+asyncpg://"  # every connection comes from the creator
         if not self._pooled:  # migrations and one-off scripts: open, use, close
             return create_async_engine(url, poolclass=NullPool, **options)
-        return create_async_engine(
+        engine = create_async_engine(
             url,
             pool_size=settings.db_pool_size,  # connections kept open per instance
             max_overflow=settings.db_max_overflow,  # extra connections allowed under bursts
@@ -101,19 +112,16 @@ class Database:
             pool_pre_ping=True,  # test a connection before use; instances that slept lose their sockets
             **options,
         )
+        event.listen(engine.sync_engine, "handle_error", _invalidate_broken_connections)
+        return engine
 
     def _describe(self, error: BaseException) -> str:
         """Why connecting failed, in words that are safe to show a client."""
-        for cause in _causes(error):
-            if self._cloud_sql is not None and (reason := self._cloud_sql.describe_failure(cause)):
-                return str(reason)
-            if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
-                return "the database refused the login"
-            if isinstance(cause, TimeoutError):
-                return "connecting timed out"
-            if isinstance(cause, OSError):
-                return "the database server could not be reached"
-        return f"connecting failed ({type(error).__name__})"
+        if self._cloud_sql is not None:
+            for cause in causes(error):
+                if reason := self._cloud_sql.describe_failure(cause):
+                    return str(reason)
+        return unavailable_reason(error) or f"connecting failed ({type(error).__name__})"
 
     async def session(self) -> AsyncSession:
         await self.ready()
@@ -131,17 +139,26 @@ class Database:
             self._connector = None
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """The error and what it wraps (SQLAlchemy's `orig`, Python's `__cause__`/`__context__`)."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop(0)
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+def _invalidate_broken_connections(context: ExceptionContext) -> None:
+    if breaks_the_connection(context.original_exception):
+        context.is_disconnect = True  # discard this connection, and the pool's others (a restart?)
+
+
+def _with_retries(
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """Retry transient connection failures a few times, with jittered backoff, then give up."""
+
+    async def connect_with_retries() -> asyncpg.Connection:
+        for attempt in range(CONNECT_ATTEMPTS - 1):
+            try:
+                return await connect()
+            except TRANSIENT_CONNECT_ERRORS as error:
+                logger.info("connection attempt %d failed (%s); retrying", attempt + 1, type(error).__name__)
+                await asyncio.sleep(random.uniform(0, CONNECT_BACKOFF_S * 2**attempt))  # noqa: S311 (jitter)
+        return await connect()
+
+    return connect_with_retries
 
 
 def get_database(request: Request) -> Database:

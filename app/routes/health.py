@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from sqlalchemy import text
 
-from app.database import Database, DatabaseUnavailable, get_database
+from app.database import Database, get_database
+from app.db_errors import DatabaseUnavailable
 from app.routes.common import problem_responses
 
 logger = logging.getLogger(__name__)
