@@ -7,7 +7,7 @@ from typing import Annotated, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, StrictInt, StringConstraints, field_validator
 from pydantic import Field as PydanticField
-from sqlalchemy import CheckConstraint, DateTime, Index, SmallInteger, String, func, text
+from sqlalchemy import CheckConstraint, DateTime, Index, SmallInteger, String, Text, func, text
 from sqlmodel import Field, SQLModel
 
 
@@ -87,6 +87,22 @@ class Task(Audited, table=True):
     status: TaskStatus = Field(default=TaskStatus.todo, sa_type=String(20))
     priority: int = Field(default=1, sa_type=SmallInteger)
     due_date: date | None = None
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a POST sent with an Idempotency-Key, replayed for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    principal: str = Field(primary_key=True, max_length=320)  # "" when authentication is off
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)  # sha256 of method, path and canonical JSON body
+    status: int = Field(sa_type=SmallInteger)
+    body: str = Field(sa_type=Text)
+    location: str = Field(max_length=2048)
+    etag: str = Field(max_length=100)
+    created_at: datetime = Field(sa_type=_TIMESTAMP, nullable=False, sa_column_kwargs=_SET_BY_SERVER)
 
 
 class InputSchema(SQLModel):

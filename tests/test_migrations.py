@@ -22,7 +22,7 @@ async def _tables(url: str) -> set[str]:
 def test_upgrade_check_downgrade_upgrade_round_trip(create_database: Callable[[], str]) -> None:
     url = create_database()
     run_alembic(url, "upgrade", "head")
-    assert asyncio.run(_tables(url)) == {"alembic_version", "projects", "tasks"}
+    assert asyncio.run(_tables(url)) == {"alembic_version", "projects", "tasks", "idempotency_keys"}
     assert "No new upgrade operations detected" in run_alembic(url, "check").stdout
     run_alembic(url, "downgrade", "base")
     assert asyncio.run(_tables(url)) == {"alembic_version"}

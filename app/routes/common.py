@@ -6,14 +6,38 @@ from email.message import Message
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Path, Request, Response
+from sqlmodel import SQLModel
 
 from app.database import SessionDep
 from app.errors import PROBLEM_JSON, ProblemDocument, UnsupportedMediaType
+from app.idempotency import Idempotency
 from app.models import Audited
 from app.preconditions import Versioned, entity_tag, not_modified
-from app.services.versioned import get_or_none, not_found
+from app.services.versioned import BeforeCommit, get_or_none, not_found
 
 ModelT = TypeVar("ModelT", bound=Audited)
+
+
+async def created_response(
+    *,
+    request: Request,
+    response: Response,
+    idempotency: Idempotency | None,
+    public: type[SQLModel],
+    read_route: str,
+    create: Callable[[BeforeCommit | None], Awaitable[ModelT]],
+) -> ModelT | Response:
+    """201 with Location and ETag, or the stored first answer when an Idempotency-Key is repeated."""
+    if idempotency is not None and (stored := await idempotency.stored_response()) is not None:
+        return stored
+
+    def location_of(resource: Audited) -> str:
+        path_parameter = f"{type(resource).__name__.lower()}_id"
+        return request.url_for(read_route, **{path_parameter: resource.id}).path
+
+    resource = await create(idempotency.recorder(public, location_of) if idempotency is not None else None)
+    with_etag(response, resource, location=location_of(resource))
+    return resource
 
 
 def load_or_404(model: type[ModelT]) -> Callable[..., Awaitable[ModelT]]:

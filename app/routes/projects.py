@@ -7,11 +7,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.auth import PrincipalDep
 from app.database import SessionDep
+from app.idempotency import IdempotencyDep
 from app.models import Page, Project, ProjectCreate, ProjectPublic, ProjectUpdate, SearchText
 from app.pagination import PageDep
 from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
 from app.routes.common import (
     conditional_read,
+    created_response,
     load_or_404,
     problem_responses,
     require_json,
@@ -19,6 +21,7 @@ from app.routes.common import (
     with_etag,
 )
 from app.services import projects
+from app.services.versioned import BeforeCommit
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500))
 
@@ -34,11 +37,26 @@ ValidProject = Annotated[Project, Depends(load_or_404(Project))]
     responses=problem_responses(409, 413, 415),
 )
 async def create_project(
-    body: ProjectCreate, session: SessionDep, principal: PrincipalDep, request: Request, response: Response
-) -> Project:
-    project = await projects.create_project(session=session, data=body, principal=principal)
-    with_etag(response, project, location=request.url_for("read_project", project_id=project.id).path)
-    return project
+    body: ProjectCreate,
+    session: SessionDep,
+    principal: PrincipalDep,
+    idempotency: IdempotencyDep,
+    request: Request,
+    response: Response,
+) -> Project | Response:
+    async def create(before_commit: BeforeCommit | None) -> Project:
+        return await projects.create_project(
+            session=session, data=body, principal=principal, before_commit=before_commit
+        )
+
+    return await created_response(
+        request=request,
+        response=response,
+        idempotency=idempotency,
+        public=ProjectPublic,
+        read_route="read_project",
+        create=create,
+    )
 
 
 @router.get("", response_model=Page[ProjectPublic])

@@ -7,11 +7,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.auth import PrincipalDep
 from app.database import SessionDep
+from app.idempotency import IdempotencyDep
 from app.models import Page, Task, TaskCreate, TaskPublic, TaskStatus, TaskUpdate
 from app.pagination import PageDep
 from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
 from app.routes.common import (
     conditional_read,
+    created_response,
     load_or_404,
     problem_responses,
     require_json,
@@ -19,6 +21,7 @@ from app.routes.common import (
     with_etag,
 )
 from app.services import tasks
+from app.services.versioned import BeforeCommit
 
 router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500))
 
@@ -31,19 +34,30 @@ ValidTask = Annotated[Task, Depends(load_or_404(Task))]
     status_code=201,
     response_model=TaskPublic,
     dependencies=[Depends(require_json)],
-    responses=problem_responses(404, 413, 415),
+    responses=problem_responses(404, 409, 413, 415),
 )
 async def create_task(
     project_id: uuid.UUID,
     body: TaskCreate,
     session: SessionDep,
     principal: PrincipalDep,
+    idempotency: IdempotencyDep,
     request: Request,
     response: Response,
-) -> Task:
-    task = await tasks.create_task(session=session, project_id=project_id, data=body, principal=principal)
-    with_etag(response, task, location=request.url_for("read_task", task_id=task.id).path)
-    return task
+) -> Task | Response:
+    async def create(before_commit: BeforeCommit | None) -> Task:
+        return await tasks.create_task(
+            session=session, project_id=project_id, data=body, principal=principal, before_commit=before_commit
+        )
+
+    return await created_response(
+        request=request,
+        response=response,
+        idempotency=idempotency,
+        public=TaskPublic,
+        read_route="read_task",
+        create=create,
+    )
 
 
 @router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))

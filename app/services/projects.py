@@ -20,10 +20,18 @@ def _name_taken(error: IntegrityError, name: str | None) -> Exception:
     return error
 
 
-async def create_project(*, session: AsyncSession, data: ProjectCreate, principal: str | None) -> Project:
+async def create_project(
+    *,
+    session: AsyncSession,
+    data: ProjectCreate,
+    principal: str | None,
+    before_commit: versioned.BeforeCommit | None = None,
+) -> Project:
     values = data.model_dump()
     try:
-        return await versioned.insert_returning(session, Project, values, principal=principal)
+        return await versioned.insert_returning(
+            session, Project, values, principal=principal, before_commit=before_commit
+        )
     except IntegrityError as error:  # the unique index decides, so two racing creates cannot both win
         raise _name_taken(error, data.name) from None
 

@@ -18,10 +18,17 @@ def _is_missing_project(error: IntegrityError) -> bool:
     return versioned.violated_constraint(error) == _PROJECT_FK
 
 
-async def create_task(*, session: AsyncSession, project_id: uuid.UUID, data: TaskCreate, principal: str | None) -> Task:
+async def create_task(
+    *,
+    session: AsyncSession,
+    project_id: uuid.UUID,
+    data: TaskCreate,
+    principal: str | None,
+    before_commit: versioned.BeforeCommit | None = None,
+) -> Task:
     values = data.model_dump() | {"project_id": project_id}
     try:
-        return await versioned.insert_returning(session, Task, values, principal=principal)
+        return await versioned.insert_returning(session, Task, values, principal=principal, before_commit=before_commit)
     except IntegrityError as error:
         if _is_missing_project(error):
             raise versioned.not_found(Project, project_id) from None

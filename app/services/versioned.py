@@ -1,6 +1,7 @@
 """Writes shared by every resource: optimistic concurrency lives in the UPDATE/DELETE itself."""
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 from sqlalchemy import delete, func, insert, update
@@ -37,12 +38,22 @@ def _audit(action: str, resource: Audited, principal: str | None) -> None:
     )
 
 
+BeforeCommit = Callable[[Any], Awaitable[None]]  # more work for the write's own transaction
+
+
 async def insert_returning(
-    session: AsyncSession, model: type[ModelT], values: dict[str, Any], *, principal: str | None
+    session: AsyncSession,
+    model: type[ModelT],
+    values: dict[str, Any],
+    *,
+    principal: str | None,
+    before_commit: BeforeCommit | None = None,
 ) -> ModelT:
     """One INSERT ... RETURNING: the database fills id, timestamps and version."""
     values = values | {"created_by": principal, "updated_by": principal}
     created: ModelT = (await session.exec(insert(model).values(**values).returning(model))).scalars().one()
+    if before_commit is not None:
+        await before_commit(created)
     await session.commit()
     _audit("create", created, principal)
     return created

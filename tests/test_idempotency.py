@@ -1,0 +1,186 @@
+"""Safe retries: Idempotency-Key on POST, per the contract's "Safe retries" section."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from app.api import create_app
+from app.settings import Settings
+from tests.conftest import _libpq_url, unique
+from tests.helpers import assert_problem, error_locations
+from tests.identity_fakes import AUDIENCE, Issuer
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+
+
+async def _count_projects(database_url: str, name: str) -> int:
+    connection = await asyncpg.connect(_libpq_url(database_url))
+    try:
+        count: int = await connection.fetchval("SELECT count(*) FROM projects WHERE name = $1", name)
+        return count
+    finally:
+        await connection.close()
+
+
+async def test_a_repeat_replays_the_first_response_and_creates_nothing(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    headers, name = key(), unique("idem")
+    first = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    again = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    for header in ["location", "etag"]:
+        assert again.headers[header] == first.headers[header]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert await _count_projects(database_url, name) == 1
+
+
+async def test_the_replay_is_the_first_response_even_after_the_resource_changed(client: httpx.AsyncClient) -> None:
+    headers, name = key(), unique("snapshot")
+    first = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    await client.patch(first.headers["location"], json={"description": "changed"})
+    again = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    assert again.json() == first.json()
+    assert again.json()["version"] == 1
+
+
+async def test_key_order_and_spacing_do_not_make_a_different_body(
+    client: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    url, headers = f"/v1/projects/{project['id']}/tasks", key() | {"content-type": "application/json"}
+    first = await client.post(url, content=b'{"title": "t", "priority": 2}', headers=headers)
+    again = await client.post(url, content=b'{ "priority":2,"title":"t" }', headers=headers)
+    assert again.json()["id"] == first.json()["id"]
+
+
+async def test_the_same_key_with_a_different_body_is_422(client: httpx.AsyncClient) -> None:
+    headers = key()
+    await client.post("/v1/projects", json={"name": unique()}, headers=headers)
+    response = await client.post("/v1/projects", json={"name": unique()}, headers=headers)
+    assert ["header", "idempotency-key"] in error_locations(assert_problem(response, 422))
+
+
+async def test_the_same_key_on_another_endpoint_is_422(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    headers = key()
+    await client.post(f"/v1/projects/{project['id']}/tasks", json={"title": "t"}, headers=headers)
+    other = (await client.post("/v1/projects", json={"name": unique()})).json()
+    response = await client.post(f"/v1/projects/{other['id']}/tasks", json={"title": "t"}, headers=headers)
+    assert_problem(response, 422)
+
+
+async def test_a_repeat_while_the_first_is_in_progress_is_409(client: httpx.AsyncClient, database_url: str) -> None:
+    headers, name = key(), unique("busy")
+    holder = await asyncpg.connect(_libpq_url(database_url))
+    try:  # hold the key's lock, as a first request still running would
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", f"\n{headers['Idempotency-Key']}")
+        response = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    finally:
+        await holder.close()
+    assert "in progress" in assert_problem(response, 409)["detail"]
+    assert await _count_projects(database_url, name) == 0
+    assert (await client.post("/v1/projects", json={"name": name}, headers=headers)).status_code == 201
+
+
+async def test_concurrent_repeats_create_exactly_once(client: httpx.AsyncClient, database_url: str) -> None:
+    headers, name = key(), unique("race")
+    responses = await asyncio.gather(
+        *(client.post("/v1/projects", json={"name": name}, headers=headers) for _ in range(8))
+    )
+    assert {response.status_code for response in responses} <= {201, 409}
+    created = {response.json()["id"] for response in responses if response.status_code == 201}
+    assert len(created) == 1
+    assert await _count_projects(database_url, name) == 1
+
+
+async def test_a_failed_request_is_not_remembered(
+    client: httpx.AsyncClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500 inside the write's transaction rolls back the write and the record: the retry creates."""
+    from app import idempotency
+
+    headers, name = key(), unique("fail")
+
+    def explode(resource: Any) -> str:
+        raise RuntimeError("injected between the insert and the commit")
+
+    monkeypatch.setattr(idempotency, "entity_tag", explode)
+    failed = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    monkeypatch.undo()
+    assert_problem(failed, 500)
+    assert await _count_projects(database_url, name) == 0
+    retried = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    assert retried.status_code == 201
+    assert "idempotent-replayed" not in retried.headers
+    assert await _count_projects(database_url, name) == 1
+
+
+async def test_a_client_error_is_not_remembered(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    headers = key()
+    taken = await client.post("/v1/projects", json={"name": project["name"]}, headers=headers)
+    assert_problem(taken, 409)
+    await client.delete(f"/v1/projects/{project['id']}")
+    assert (await client.post("/v1/projects", json={"name": project["name"]}, headers=headers)).status_code == 201
+
+
+async def test_a_key_expires_after_24_hours(client: httpx.AsyncClient, database_url: str) -> None:
+    headers = key()
+    await client.post("/v1/projects", json={"name": unique()}, headers=headers)
+    connection = await asyncpg.connect(_libpq_url(database_url))
+    try:
+        await connection.execute(
+            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+            headers["Idempotency-Key"],
+        )
+    finally:
+        await connection.close()
+    name = unique("after-expiry")
+    response = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    assert response.status_code == 201
+    assert response.json()["name"] == name
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 256, "has space", "ünï", "tab\there"])
+async def test_a_malformed_key_is_422(client: httpx.AsyncClient, bad: str) -> None:
+    response = await client.post("/v1/projects", json={"name": unique()}, headers={"Idempotency-Key": bad.encode()})
+    assert ["header", "idempotency-key"] in error_locations(assert_problem(response, 422))
+
+
+async def test_the_longest_key_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/projects", json={"name": unique()}, headers={"Idempotency-Key": "k" * 255})
+    assert response.status_code == 201
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    running = Issuer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def authed(database_url: str, issuer: Issuer) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(
+        Settings(database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=issuer.jwks_url)
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        yield client
+    await app.state.database.dispose()
+
+
+async def test_keys_are_scoped_per_principal(authed: httpx.AsyncClient, issuer: Issuer) -> None:
+    shared = key()
+    alice = {"Authorization": f"Bearer {issuer.token('alice@example.com')}"} | shared
+    bob = {"Authorization": f"Bearer {issuer.token('bob@example.com')}"} | shared
+    first = await authed.post("/v1/projects", json={"name": unique("alice")}, headers=alice)
+    second = await authed.post("/v1/projects", json={"name": unique("bob")}, headers=bob)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["id"] != second.json()["id"]
+    assert second.json()["created_by"] == "bob@example.com"
