@@ -12,6 +12,7 @@ from app.db_errors import install_database_handlers
 from app.errors import install_problem_handlers
 from app.logs import configure_logging
 from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.openapi import install_openapi, problem_responses
 from app.routes import health, projects, tasks
 from app.settings import Settings, get_settings
 
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     app.include_router(health.router)
     documented_auth = [Depends(bearer_scheme)] if verifier is not None else []
+    auth_problems = problem_responses(401, 403) if verifier is not None else {}
     for router in (projects.router, tasks.router):
-        app.include_router(router, dependencies=documented_auth)
+        app.include_router(router, dependencies=documented_auth, responses=auth_problems)
+    install_openapi(app)
     return app

@@ -131,6 +131,9 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors: unknown route (404), wrong method (405, keeps `Allow`), 413, 400."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # a body FastAPI could not decode
+        error = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
+        return await _on_problem(request, InvalidRequest("the body is not valid JSON", errors=[error]))
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else f"{phrase}: {request.method} {request.url.path}"
     headers = dict(exc.headers) if exc.headers else None

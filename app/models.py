@@ -5,7 +5,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, StrictInt, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, field_validator
 from pydantic import Field as PydanticField
 from sqlalchemy import CheckConstraint, DateTime, Index, SmallInteger, String, Text, func, text
 from sqlmodel import Field, SQLModel
@@ -29,7 +29,18 @@ TaskTitle = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1
 ProjectDescription = Annotated[str, StringConstraints(max_length=2_000), _Storable]
 TaskDescription = Annotated[str, StringConstraints(max_length=10_000), _Storable]
 SearchText = Annotated[str, StringConstraints(max_length=100), _Storable]
-Priority = Annotated[StrictInt, Field(ge=0, le=3, description="0 is the highest priority")]
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type, so 2.0 is the integer 2; but true and "2" are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be a whole number")
+    return int(value)
+
+
+Priority = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=3, description="0 is the highest priority")]
 
 
 class TaskStatus(StrEnum):

@@ -3,13 +3,13 @@
 import uuid
 from collections.abc import Awaitable, Callable
 from email.message import Message
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Path, Request, Response
 from sqlmodel import SQLModel
 
 from app.database import SessionDep
-from app.errors import PROBLEM_JSON, ProblemDocument, UnsupportedMediaType
+from app.errors import UnsupportedMediaType
 from app.idempotency import Idempotency
 from app.models import Audited
 from app.preconditions import Versioned, entity_tag, not_modified
@@ -86,8 +86,3 @@ def conditional_read(resource: Versioned, response: Response, if_none_match: str
         return Response(status_code=304, headers={"ETag": tag})
     response.headers["ETag"] = tag
     return None
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem documents a route can answer with."""
-    return {status: {"model": ProblemDocument, "content": {PROBLEM_JSON: {}}} for status in statuses}

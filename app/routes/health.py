@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from app.database import Database, get_database
 from app.db_errors import DatabaseUnavailable
-from app.routes.common import problem_responses
+from app.openapi import problem_responses
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])

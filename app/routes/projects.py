@@ -9,13 +9,13 @@ from app.auth import PrincipalDep
 from app.database import SessionDep
 from app.idempotency import IdempotencyDep
 from app.models import Page, Project, ProjectCreate, ProjectPublic, ProjectUpdate, SearchText
+from app.openapi import NOT_MODIFIED, problem_responses
 from app.pagination import PageDep
 from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
 from app.routes.common import (
     conditional_read,
     created_response,
     load_or_404,
-    problem_responses,
     require_json,
     require_json_or_merge_patch,
     with_etag,
@@ -23,7 +23,7 @@ from app.routes.common import (
 from app.services import projects
 from app.services.versioned import BeforeCommit
 
-router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500))
+router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500, 503))
 
 
 ValidProject = Annotated[Project, Depends(load_or_404(Project))]
@@ -68,7 +68,7 @@ async def list_projects(
     return await projects.list_projects(session=session, page=page, name_contains=q)
 
 
-@router.get("/{project_id}", response_model=ProjectPublic, responses=problem_responses(404))
+@router.get("/{project_id}", response_model=ProjectPublic, responses=NOT_MODIFIED | problem_responses(404))
 async def read_project(
     project: ValidProject, response: Response, if_none_match: IfNoneMatch = None
 ) -> Project | Response:

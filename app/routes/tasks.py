@@ -9,13 +9,13 @@ from app.auth import PrincipalDep
 from app.database import SessionDep
 from app.idempotency import IdempotencyDep
 from app.models import Page, Task, TaskCreate, TaskPublic, TaskStatus, TaskUpdate
+from app.openapi import NOT_MODIFIED, problem_responses
 from app.pagination import PageDep
 from app.preconditions import IfMatch, IfNoneMatch, acceptable_versions
 from app.routes.common import (
     conditional_read,
     created_response,
     load_or_404,
-    problem_responses,
     require_json,
     require_json_or_merge_patch,
     with_etag,
@@ -23,7 +23,7 @@ from app.routes.common import (
 from app.services import tasks
 from app.services.versioned import BeforeCommit
 
-router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500))
+router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500, 503))
 
 
 ValidTask = Annotated[Task, Depends(load_or_404(Task))]
@@ -70,7 +70,7 @@ async def list_tasks(
     return await tasks.list_tasks(session=session, project_id=project_id, page=page, status=status)
 
 
-@router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=problem_responses(404))
+@router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=NOT_MODIFIED | problem_responses(404))
 async def read_task(task: ValidTask, response: Response, if_none_match: IfNoneMatch = None) -> Task | Response:
     return conditional_read(task, response, if_none_match) or task
 

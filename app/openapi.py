@@ -1,0 +1,44 @@
+"""The OpenAPI document: every error response is documented as an `application/problem+json` body."""
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.errors import PROBLEM_JSON, ProblemDocument
+
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not Modified: the `If-None-Match` copy is current"}
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem documents a route can answer with."""
+    return {status: {"description": HTTPStatus(status).phrase, "model": ProblemDocument} for status in statuses}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """FastAPI files a response `model` under application/json; problems travel as problem+json."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                description=app.description,
+                routes=app.routes,
+                tags=app.openapi_tags,
+                servers=app.servers,
+            )
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    for status, response in operation.get("responses", {}).items():
+                        content = response.get("content", {})
+                        if status.isdigit() and int(status) >= 400 and "application/json" in content:
+                            response["content"] = {PROBLEM_JSON: content.pop("application/json")}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
