@@ -85,7 +85,7 @@ class Database:
         settings = self._settings
         server_settings = {
             "statement_timeout": str(settings.db_statement_timeout_ms),  # no runaway query holds a connection
-            "application_name": "fastapi-cloud-function",
+            "application_name": settings.service_name,  # names our sessions in pg_stat_activity
         }
         connect: Callable[[], Awaitable[asyncpg.Connection]]
         if self._cloud_sql is not None:

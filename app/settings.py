@@ -21,6 +21,8 @@ class SettingsError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
+    # `make rename NAME=...` changes this with every other place that carries the name.
+    service_name: str = Field(default="projects-api", pattern=r"^[a-z][a-z0-9-]{2,62}$")
     database_url: str | None = None
     instance_connection_name: str | None = Field(default=None, pattern=r"^[^:\s]+:[^:\s]+:[^:\s]+$")
     db_iam_user: str | None = None

@@ -1,8 +1,9 @@
 """`make run`: the service on http://localhost:8080, served by functions-framework as in production.
 
-With neither DATABASE_URL nor INSTANCE_CONNECTION_NAME set, an embedded PostgreSQL is started with
-its data in .data/postgres (kept between runs). Migrations are applied, then the server starts.
-Ctrl-C stops the server, then the embedded database.
+Settings come from the environment and, when present, from .env (see .env.example); the
+environment wins. With neither DATABASE_URL nor INSTANCE_CONNECTION_NAME set, an embedded
+PostgreSQL is started with its data in .data/postgres (kept between runs). Migrations are applied,
+then the server starts. Ctrl-C stops the server, then the embedded database.
 """
 
 import os
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -21,7 +24,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    env = dict(os.environ)
+    env = dotenv_values(ROOT / ".env") | dict(os.environ)  # the environment wins over .env
     if not env.get("DATABASE_URL") and not env.get("INSTANCE_CONNECTION_NAME"):
         import embedded_db
 

@@ -134,7 +134,7 @@ async def _backend_users(server_url: str, database: str) -> set[str]:
     connection = await asyncpg.connect(_libpq_url(server_url))
     try:
         rows = await connection.fetch(
-            "SELECT usename FROM pg_stat_activity WHERE datname = $1 AND application_name = 'fastapi-cloud-function'",
+            "SELECT usename FROM pg_stat_activity WHERE datname = $1 AND application_name = 'projects-api'",
             database,
         )
         return {row["usename"] for row in rows}
