@@ -1,0 +1,91 @@
+-- wrk script for bench/run.py: one endpoint per run, random ids, JSON summary on stdout.
+--
+--   wrk -t1 -c16 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE IDS_DIR
+--
+-- MODE is get_task, list_tasks or create_task. IDS_DIR holds tasks.txt and projects.txt
+-- (one UUID a line), written by run.py from the seeded rows. The seed is fixed, so every
+-- server gets the same sequence of requests.
+
+local mode, ids_dir
+local task_ids, project_ids = {}, {}
+local posted = 0
+-- Globals, not locals: done() reads them from each thread's Lua state with thread:get().
+non2xx = 0
+samples = ""  -- the first few non-2xx responses, status and body, for the report
+sample_count = 0
+
+local function read_lines(path)
+  local lines = {}
+  local file = assert(io.open(path, "r"), "cannot open " .. path)
+  for line in file:lines() do
+    if #line > 0 then lines[#lines + 1] = line end
+  end
+  file:close()
+  assert(#lines > 0, "no ids in " .. path)
+  return lines
+end
+
+local threads = {}
+
+function setup(thread)
+  threads[#threads + 1] = thread
+end
+
+function init(args)
+  mode, ids_dir = args[1], args[2]
+  assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task", "unknown mode " .. tostring(mode))
+  task_ids = read_lines(ids_dir .. "/tasks.txt")
+  project_ids = read_lines(ids_dir .. "/projects.txt")
+  math.randomseed(20261122)
+end
+
+local json_headers = { ["Content-Type"] = "application/json" }
+
+function request()
+  if mode == "get_task" then
+    return wrk.format("GET", "/v1/tasks/" .. task_ids[math.random(#task_ids)])
+  end
+  local path = "/v1/projects/" .. project_ids[math.random(#project_ids)] .. "/tasks"
+  if mode == "list_tasks" then
+    return wrk.format("GET", path)
+  end
+  posted = posted + 1
+  -- A small task; the "wrk-post" prefix lets run.py delete these rows after the run.
+  local body = string.format('{"title": "wrk-post %d", "priority": %d}', posted, posted % 4)
+  return wrk.format("POST", path, json_headers, body)
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+    if sample_count < 5 then
+      sample_count = sample_count + 1
+      samples = samples .. status .. " " .. string.sub(body or "", 1, 2000) .. "\n"
+    end
+  end
+end
+
+local function json_string(text)
+  return '"' .. text:gsub('[%c"\\]', function(c)
+    return string.format("\\u%04x", string.byte(c))
+  end) .. '"'
+end
+
+function done(summary, latency, requests)
+  local bad, collected = 0, ""
+  for _, thread in ipairs(threads) do
+    bad = bad + (thread:get("non2xx") or 0)
+    collected = collected .. (thread:get("samples") or "")
+  end
+  local errors = summary.errors
+  io.write("BENCH_JSON ")
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "bytes": %d, "non_2xx": %d, '
+      .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+      .. '"latency_us": {"p50": %d, "p90": %d, "p99": %d, "max": %d, "mean": %.1f}, "samples": %s}\n',
+    summary.requests, summary.duration, summary.bytes, bad,
+    errors.connect, errors.read, errors.write, errors.status, errors.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
+    json_string(collected)
+  ))
+end
