@@ -9,6 +9,7 @@ get a 503 problem and the next request tries again.
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Annotated, Any
@@ -17,8 +18,9 @@ import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db_errors import (
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 CONNECT_ATTEMPTS = 3  # a restart or failover drops connections for a moment: try again, briefly
 CONNECT_BACKOFF_S = 0.1  # full jitter: sleep uniform(0, 0.1 * 2**attempt) between attempts
+IDLE_PING_AFTER_S = 10.0  # a pooled connection unused this long is pinged before it is handed out
 
 
 def _load_cloud_sql(settings: Settings) -> ModuleType | None:
@@ -57,6 +60,7 @@ class Database:
         self._connector: Any = None
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._reads: async_sessionmaker[AsyncSession] | None = None
         self.ready = Once(self._connect_and_verify)  # `await database.ready()` -> the engine
 
     @property
@@ -79,6 +83,9 @@ class Database:
             raise DatabaseUnavailable(reason) from error
         logger.info("connected to %s (database user %s)", self.target, user)
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        # A read is one SELECT: in autocommit it needs no BEGIN and no ROLLBACK round trip.
+        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._reads = async_sessionmaker(autocommit, class_=AsyncSession, expire_on_commit=False)
         return engine
 
     async def _create_engine(self) -> AsyncEngine:
@@ -109,10 +116,14 @@ class Database:
             max_overflow=settings.db_max_overflow,  # extra connections allowed under bursts
             pool_timeout=settings.db_pool_timeout_s,  # wait this long for a free connection, then fail
             pool_recycle=1800,  # reopen connections older than 30 min (proxies and failovers drop them)
-            pool_pre_ping=True,  # test a connection before use; instances that slept lose their sockets
+            # Pre-ping, but only connections that sat idle (see _ping_if_idle): pinging every
+            # checkout costs three round trips per request under load, where sockets are fresh.
+            pool_pre_ping=False,
             **options,
         )
         event.listen(engine.sync_engine, "handle_error", _invalidate_broken_connections)
+        event.listen(engine.sync_engine.pool, "checkin", _note_idle_since)
+        event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
         return engine
 
     def _describe(self, error: BaseException) -> str:
@@ -123,10 +134,11 @@ class Database:
                     return str(reason)
         return unavailable_reason(error) or f"connecting failed ({type(error).__name__})"
 
-    async def session(self) -> AsyncSession:
-        await self.ready()
-        assert self._sessions is not None
-        return self._sessions()
+    async def session(self, *, read_only: bool = False) -> AsyncSession:
+        if self._sessions is None or self._reads is None:  # first use in this process
+            await self.ready()
+            assert self._sessions is not None and self._reads is not None
+        return self._reads() if read_only else self._sessions()
 
     async def dispose(self) -> None:
         """Close the pool, then the connector (which the pool's connections came through)."""
@@ -137,6 +149,22 @@ class Database:
         if self._connector is not None:
             await self._connector.close_async()
             self._connector = None
+
+
+def _note_idle_since(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+    """pool_pre_ping for connections idle over IDLE_PING_AFTER_S: a function instance that sat
+    between requests (CPU throttled, sockets dropped by a proxy or a failover) gets a live one."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_AFTER_S:
+        return
+    try:
+        dbapi_connection.ping()
+    except Exception as error:
+        raise DisconnectionError("a pooled connection died while idle") from error  # the pool reconnects
 
 
 def _invalidate_broken_connections(context: ExceptionContext) -> None:
@@ -161,14 +189,24 @@ def _with_retries(
     return connect_with_retries
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:  # async: a sync dependency costs a thread hop
     database: Database = request.app.state.database
     return database
 
 
-async def get_session(database: Annotated[Database, Depends(get_database)]) -> AsyncIterator[AsyncSession]:
-    async with await database.session() as session:
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for a write: one transaction, committed by the service."""
+    async with await request.app.state.database.session() as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for a read-only request: autocommit, no transaction to open or roll back."""
+    async with await request.app.state.database.session(read_only=True) as session:
+        yield session
+
+
+# scope="function": the session closes when the route function returns, not after the response
+# is sent, so its pooled connection is free again while the response is serialized and written.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -48,7 +48,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return after
 
 
-def page_request(
+async def page_request(  # async: a sync dependency would cost a thread hop per request
     limit: Annotated[int, Query(ge=1, le=100, description="Items per page")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page")] = None,
 ) -> PageRequest:

@@ -3,9 +3,10 @@
 import asyncio
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError
 
+from app import database as database_module
 from app.database import Database
 from app.settings import Settings
 
@@ -16,7 +17,8 @@ async def test_the_engine_applies_pool_and_timeout_settings(database_url: str) -
     try:
         engine = await database.ready()
         assert (engine.pool.size(), engine.pool._max_overflow, engine.pool._timeout) == (3, 1, 10)  # type: ignore[attr-defined]
-        assert engine.pool._pre_ping  # type: ignore[attr-defined]
+        assert not engine.pool._pre_ping  # type: ignore[attr-defined]  (only idle connections are pinged)
+        assert event.contains(engine.sync_engine.pool, "checkout", database_module._ping_if_idle)
         async with engine.connect() as connection:
             assert (await connection.execute(text("SHOW statement_timeout"))).scalar() == "1234ms"
     finally:

@@ -176,3 +176,40 @@ async def _task_ids(url: str, project_id: str) -> set[str]:
         return {row["id"] for row in rows}
     finally:
         await connection.close()
+
+
+async def _terminate_app_sessions(url: str) -> int:
+    connection = await asyncpg.connect(_libpq_url(url))
+    try:
+        return await connection.fetchval(  # type: ignore[no-any-return]
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'projects-api' AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize("idle_ping_after_s", [0.0, 3600.0])
+async def test_a_connection_killed_while_idle_is_replaced(
+    own_postgres: tuple[RestartablePostgres, str], monkeypatch: pytest.MonkeyPatch, idle_ping_after_s: float
+) -> None:
+    """Idle connections are pinged before use: one the server dropped is replaced, unseen by the client.
+
+    With the ping threshold out of reach, the same drop costs one 503, and the next request works.
+    """
+    from app import database
+
+    monkeypatch.setattr(database, "IDLE_PING_AFTER_S", idle_ping_after_s)
+    url = own_postgres[1]
+    app = create_app(Settings(database_url=url, db_pool_size=1, db_max_overflow=0))
+    async with await _client(app) as client:
+        assert (await client.get("/v1/projects")).status_code == 200
+        assert await _terminate_app_sessions(url) == 1  # a failover, an idle timeout, a proxy restart
+        first = await client.get("/v1/projects")
+        second = await client.get("/v1/projects")
+    await app.state.database.dispose()
+    if idle_ping_after_s == 0:
+        assert (first.status_code, second.status_code) == (200, 200)
+    else:
+        assert_problem(first, 503)
+        assert second.status_code == 200

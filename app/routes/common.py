@@ -8,7 +8,7 @@ from typing import Annotated, TypeVar
 from fastapi import Path, Request, Response
 from sqlmodel import SQLModel
 
-from app.database import SessionDep
+from app.database import ReadSessionDep
 from app.errors import UnsupportedMediaType
 from app.idempotency import Idempotency
 from app.models import Audited
@@ -44,7 +44,7 @@ def load_or_404(model: type[ModelT]) -> Callable[..., Awaitable[ModelT]]:
     """A dependency that loads `model` by its `{<model>_id}` path parameter, or answers 404."""
 
     async def load(
-        session: SessionDep, resource_id: Annotated[uuid.UUID, Path(alias=f"{model.__name__.lower()}_id")]
+        session: ReadSessionDep, resource_id: Annotated[uuid.UUID, Path(alias=f"{model.__name__.lower()}_id")]
     ) -> ModelT:
         resource = await get_or_none(session, model, resource_id)
         if resource is None:

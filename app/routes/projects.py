@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.auth import PrincipalDep
-from app.database import SessionDep
+from app.database import ReadSessionDep, SessionDep
 from app.idempotency import IdempotencyDep
 from app.models import Page, Project, ProjectCreate, ProjectPublic, ProjectUpdate, SearchText
 from app.openapi import NOT_MODIFIED, problem_responses
@@ -61,7 +61,7 @@ async def create_project(
 
 @router.get("", response_model=Page[ProjectPublic])
 async def list_projects(
-    session: SessionDep,
+    session: ReadSessionDep,
     page: PageDep,
     q: Annotated[SearchText | None, Query(description="Names containing this text, any case")] = None,
 ) -> Page[Project]:

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.auth import PrincipalDep
-from app.database import SessionDep
+from app.database import ReadSessionDep, SessionDep
 from app.idempotency import IdempotencyDep
 from app.models import Page, Task, TaskCreate, TaskPublic, TaskStatus, TaskUpdate
 from app.openapi import NOT_MODIFIED, problem_responses
@@ -63,7 +63,7 @@ async def create_task(
 @router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))
 async def list_tasks(
     project_id: uuid.UUID,
-    session: SessionDep,
+    session: ReadSessionDep,
     page: PageDep,
     status: Annotated[TaskStatus | None, Query(description="Only tasks with this status")] = None,
 ) -> Page[Task]:
