@@ -1,0 +1,226 @@
+"""docs/adding-a-resource.md, executed, so the walk-through cannot drift from the code it teaches.
+
+A copy of the checkout gets every block of the page whose fence carries an instruction, in page order:
+
+- ```python new=PATH      writes PATH, which must not exist yet;
+- ```python append=PATH   adds the block to the end of PATH, after two blank lines;
+- ```diff edit=PATH       hunks separated by `@@` lines; in each, the ` ` and `-` lines must occur in
+                          PATH exactly once, as whole lines, and are replaced by the ` ` and `+` lines;
+- ```sh run               runs its alembic commands against a fresh database (DATABASE_URL settings
+                          give way to it; any other command is an error).
+
+Then the copy must hold the generated migration, pass ruff (on every file the page touched) and mypy
+(strict, as configured), and pass the page's tests and the migration round trip, run as a nested
+pytest against this session's PostgreSQL server.
+"""
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import asyncpg
+
+from tests.conftest import ROOT, _libpq_url
+
+DOC = ROOT / "docs" / "adding-a-resource.md"
+DOC_TESTS = "tests/test_comments.py"
+# The page's tests, and the migration round trip it edits (the new migration must also downgrade).
+NESTED_TESTS = [DOC_TESTS, "tests/test_migrations.py"]
+MIN_PASSED = 33  # what these collect today: fewer means tests were lost
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 300
+# What the page must do with alembic, in this order (other commands may come between).
+ALEMBIC_STEPS = [["upgrade", "head"], ["revision", "--autogenerate"], ["upgrade", "head"], ["check"]]
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # of the opening fence, for messages
+    action: str  # new, append, edit or run
+    target: str  # a path in the repository; empty for run
+    text: str
+
+    def where(self) -> str:
+        return f"{DOC.name}:{self.line} ({' '.join(filter(None, [self.action, self.target]))})"
+
+
+def instruction_blocks(markdown: str) -> list[Block]:
+    """The fenced blocks whose info string has an instruction after the language; the rest illustrate."""
+    blocks: list[Block] = []
+    opened: tuple[int, list[str]] | None = None
+    body: list[str] = []
+    for number, line in enumerate(markdown.splitlines(keepends=True), start=1):
+        if opened is None:
+            if line.startswith("```"):
+                opened, body = (number, line[3:].split()[1:]), []
+        elif line.rstrip() == "```":
+            start, words = opened
+            if words:
+                assert len(words) == 1, f"{DOC.name}:{start}: one instruction per block, not {words}"
+                action, _, target = words[0].partition("=")
+                assert action in {"new", "append", "edit", "run"}, f"{DOC.name}:{start}: unknown {words[0]!r}"
+                assert (action == "run") == (not target), f"{DOC.name}:{start}: {words[0]!r} needs a path, or none"
+                path = PurePosixPath(target)
+                assert not path.is_absolute() and ".." not in path.parts, f"{DOC.name}:{start}: {target} escapes"
+                blocks.append(Block(start, action, target, "".join(body)))
+            opened = None
+        else:
+            body.append(line)
+    assert opened is None, f"{DOC.name}:{opened[0]}: the block is never closed"
+    return blocks
+
+
+def _hunks(block: Block) -> list[tuple[str, str]]:
+    """(old, new) text pairs of an edit block."""
+    hunks: list[tuple[str, str]] = []
+    old: list[str] = []
+    new: list[str] = []
+    for line in [*block.text.splitlines(keepends=True), "@@\n"]:
+        if line.startswith("@@"):
+            if old or new:
+                assert old != new, f"{block.where()}: a hunk that changes nothing"
+                hunks.append(("".join(old), "".join(new)))
+            old, new = [], []
+            continue
+        marker, content = (line[0], line[1:]) if line.strip() else (" ", "\n")
+        assert marker in " -+", f"{block.where()}: a diff line starts with {marker!r}: {line!r}"
+        if marker in " -":
+            old.append(content)
+        if marker in " +":
+            new.append(content)
+    assert hunks, f"{block.where()}: no hunk"
+    return hunks
+
+
+def apply(block: Block, repository: Path) -> Path:
+    path = repository / block.target
+    if block.action == "new":
+        assert not path.exists(), f"{block.where()}: refusing to overwrite an existing file"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(block.text)
+        return path
+    assert path.is_file(), f"{block.where()}: no such file"
+    text = path.read_text()
+    if block.action == "append":
+        path.write_text(text.rstrip("\n") + "\n\n\n" + block.text)
+        return path
+    for old, new in _hunks(block):
+        found = list(re.finditer("^" + re.escape(old), text, flags=re.MULTILINE))  # whole lines only
+        assert len(found) == 1, f"{block.where()}: these lines occur {len(found)} times, not once:\n{old}"
+        text = text[: found[0].start()] + new + text[found[0].end() :]
+    path.write_text(text)
+    return path
+
+
+def alembic_commands(block: Block) -> list[list[str]]:
+    """The arguments of each alembic command of a run block (the database is the test's own)."""
+    commands = []
+    for line in block.text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"]:
+            words = words[1:]
+        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+            assert words.pop(0).startswith("DATABASE_URL="), f"{block.where()}: only DATABASE_URL is set: {line}"
+        if words:
+            assert Path(words[0]).name == "alembic", f"{block.where()}: not an alembic command: {line}"
+            commands.append(words[1:])
+    return commands
+
+
+def _follows(commands: list[list[str]], steps: list[list[str]]) -> bool:
+    """`steps` occur in `commands` in order; each step's words after the first may come in any order."""
+    remaining = iter(commands)
+    return all(
+        any(command[:1] == step[:1] and set(step[1:]) <= set(command[1:]) for command in remaining) for step in steps
+    )
+
+
+def copy_checkout(destination: Path) -> Path:
+    """The files git would commit now (tracked, plus untracked ones not ignored); the mypy cache, to save time."""
+    if (git := shutil.which("git")) is not None and (ROOT / ".git").exists():
+        listing = [git, "-c", "safe.directory=*", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+        names = subprocess.run(listing, cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+        for name in filter(None, names):
+            source = ROOT / name
+            if source.is_file():  # a tracked file may be deleted in the working tree
+                (destination / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination / name)
+    else:  # a source upload without .git (Cloud Build): the tree less what .gitignore names
+        skip = shutil.ignore_patterns(
+            ".git", ".venv", ".data", "__pycache__", "*.pyc", ".*_cache", ".hypothesis", ".coverage"
+        )
+        shutil.copytree(ROOT, destination, ignore=skip)
+    with contextlib.suppress(OSError):  # only a head start: mypy ignores what it cannot use (or is being written)
+        shutil.copytree(ROOT / ".mypy_cache", destination / ".mypy_cache", ignore_dangling_symlinks=True)
+    return destination
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert result.returncode == 0, f"{shlex.join(command)} failed:\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+async def _tables(url: str) -> set[str]:
+    connection = await asyncpg.connect(_libpq_url(url))
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {row["tablename"] for row in rows}
+    finally:
+        await connection.close()
+
+
+def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_its_tests(
+    tmp_path: Path, create_database: Callable[[], str], server_url: str
+) -> None:
+    repository = copy_checkout(tmp_path / "repository")
+    versions = repository / "migrations" / "versions"
+    existing_migrations = set(versions.glob("*.py"))
+    database_url = create_database()
+    alembic_env = os.environ | {"DATABASE_URL": database_url}
+    alembic_env.pop("INSTANCE_CONNECTION_NAME", None)
+    changed: set[Path] = set()
+    alembic_run: list[list[str]] = []
+    for block in instruction_blocks(DOC.read_text()):
+        if block.action != "run":
+            changed.add(apply(block, repository))
+            continue
+        for arguments in alembic_commands(block):
+            _run([sys.executable, "-m", "alembic", *arguments], repository, alembic_env)
+            alembic_run.append(arguments)
+    assert _follows(alembic_run, ALEMBIC_STEPS), f"expected {ALEMBIC_STEPS} in order, the page runs {alembic_run}"
+    assert repository / DOC_TESTS in changed, f"the page does not write {DOC_TESTS}"
+
+    (migration,) = set(versions.glob("*.py")) - existing_migrations
+    assert re.search(r'op\.create_table\(\s*"comments",', migration.read_text()), migration.read_text()
+    assert "comments" in asyncio.run(_tables(database_url))
+
+    # Types are checked (the slowest step without a cache) while ruff and the page's tests run.
+    mypy = subprocess.Popen([BIN / "mypy"], cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        files = [str(path.relative_to(repository)) for path in sorted(changed | {migration})]
+        _run([str(BIN / "ruff"), "check", "--no-cache", *files], repository)
+        _run([str(BIN / "ruff"), "format", "--check", "--no-cache", *files], repository)
+
+        pytest_env = os.environ | {"TEST_DATABASE_URL": server_url}  # this session's server: no second PostgreSQL
+        for name in ("DATABASE_URL", "INSTANCE_CONNECTION_NAME", "PYTEST_ADDOPTS"):
+            pytest_env.pop(name, None)
+        tests = [sys.executable, "-m", "pytest", *NESTED_TESTS, "-q", "-p", "no:cacheprovider"]
+        output = _run(tests, repository, pytest_env)
+        passed = re.search(r"(\d+) passed", output)
+        assert passed is not None and int(passed.group(1)) >= MIN_PASSED, output[-3000:]
+
+        typed, _ = mypy.communicate(timeout=TIMEOUT_S)
+    finally:
+        if mypy.poll() is None:
+            mypy.kill()
+            mypy.wait()
+    assert mypy.returncode == 0, typed
