@@ -47,3 +47,9 @@ startup: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python bench/run.py
+
+# `make soak`: 60 s at 64 connections, mixed reads and writes; fails on any error or memory growth.
+.PHONY: soak
+soak: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(BIN)/python bench/soak.py

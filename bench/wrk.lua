@@ -2,7 +2,8 @@
 --
 --   wrk -t1 -c16 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE IDS_DIR
 --
--- MODE is get_task, list_tasks or create_task. IDS_DIR holds tasks.txt and projects.txt
+-- MODE is get_task, list_tasks, create_task, or mixed (the soak: 70 % reads of one task, 20 %
+-- lists, 10 % creates). IDS_DIR holds tasks.txt and projects.txt
 -- (one UUID a line), written by run.py from the seeded rows. The seed is fixed, so every
 -- server gets the same sequence of requests.
 
@@ -33,7 +34,8 @@ end
 
 function init(args)
   mode, ids_dir = args[1], args[2]
-  assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task", "unknown mode " .. tostring(mode))
+  assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task" or mode == "mixed",
+    "unknown mode " .. tostring(mode))
   task_ids = read_lines(ids_dir .. "/tasks.txt")
   project_ids = read_lines(ids_dir .. "/projects.txt")
   math.randomseed(20261122)
@@ -42,11 +44,16 @@ end
 local json_headers = { ["Content-Type"] = "application/json" }
 
 function request()
-  if mode == "get_task" then
+  local kind = mode
+  if mode == "mixed" then
+    local draw = math.random(100)
+    kind = draw <= 70 and "get_task" or (draw <= 90 and "list_tasks" or "create_task")
+  end
+  if kind == "get_task" then
     return wrk.format("GET", "/v1/tasks/" .. task_ids[math.random(#task_ids)])
   end
   local path = "/v1/projects/" .. project_ids[math.random(#project_ids)] .. "/tasks"
-  if mode == "list_tasks" then
+  if kind == "list_tasks" then
     return wrk.format("GET", path)
   end
   posted = posted + 1
