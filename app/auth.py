@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ProblemError, ServiceUnavailable, problem_response
+from app.errors import ProblemError, ServiceUnavailable, response_for
 from app.settings import Settings
 
 PROTECTED_PREFIX = "/v1"
@@ -80,16 +80,7 @@ class AuthenticationMiddleware:
             try:
                 scope.setdefault("state", {})["principal"] = await self._principal(Headers(scope=scope))
             except ProblemError as problem:
-                request = StarletteRequest(scope, receive)
-                response = problem_response(
-                    request,
-                    status=problem.status,
-                    title=problem.title,
-                    detail=problem.detail,
-                    type_=problem.type,
-                    headers=problem.headers,
-                )
-                await response(scope, receive, send)
+                await response_for(StarletteRequest(scope, receive), problem)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

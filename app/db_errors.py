@@ -8,7 +8,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.errors import ServiceUnavailable, problem_response
+from app.errors import ServiceUnavailable, response_for
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +91,7 @@ async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
     if reason is None:
         raise exc  # not an availability problem: a bug, answered with a 500 and logged as such
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
-    return problem_response(
-        request,
-        status=503,
-        title=ServiceUnavailable.title,
-        type_=ServiceUnavailable.type,
-        detail=f"the database is not available: {reason}",
-        headers={"Retry-After": RETRY_AFTER_S},
-    )
+    return response_for(request, DatabaseUnavailable(reason))
 
 
 def install_database_handlers(app: FastAPI) -> None:

@@ -103,17 +103,21 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ProblemError)
+def response_for(request: Request, problem: ProblemError) -> JSONResponse:
     return problem_response(
         request,
-        status=exc.status,
-        title=exc.title,
-        detail=exc.detail,
-        type_=exc.type,
-        errors=exc.errors,
-        headers=exc.headers,
+        status=problem.status,
+        title=problem.title,
+        detail=problem.detail,
+        type_=problem.type,
+        errors=problem.errors,
+        headers=problem.headers,
     )
+
+
+async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProblemError)
+    return response_for(request, exc)
 
 
 def _public_error(error: Any) -> dict[str, Any]:
@@ -124,8 +128,7 @@ def _public_error(error: Any) -> dict[str, Any]:
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [_public_error(error) for error in exc.errors()]
-    problem = InvalidRequest("the request has invalid or missing fields", errors=errors)
-    return await _on_problem(request, problem)
+    return response_for(request, InvalidRequest("the request has invalid or missing fields", errors=errors))
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -133,7 +136,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # a body FastAPI could not decode
         error = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
-        return await _on_problem(request, InvalidRequest("the body is not valid JSON", errors=[error]))
+        return response_for(request, InvalidRequest("the body is not valid JSON", errors=[error]))
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else f"{phrase}: {request.method} {request.url.path}"
     headers = dict(exc.headers) if exc.headers else None
@@ -143,8 +146,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
 async def _on_integrity(request: Request, exc: Exception) -> JSONResponse:
     """A constraint the services did not translate: still the client's conflict, never a 500."""
     logger.warning("unmapped integrity error: %s", getattr(exc, "orig", exc).__class__.__name__)
-    conflict = Conflict("the change conflicts with existing data")
-    return await _on_problem(request, conflict)
+    return response_for(request, Conflict("the change conflicts with existing data"))
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
