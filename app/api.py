@@ -18,6 +18,17 @@ from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+API_DESCRIPTION = """
+JSON in and out. Every error is an RFC 9457 `application/problem+json` document with a
+`request_id`, which every response also carries as `X-Request-ID`.
+
+- **Concurrency:** single resources carry a strong `ETag`; send it as `If-Match` on PATCH and
+  DELETE (a stale one gives 412), or as `If-None-Match` on GET (304 while unchanged).
+- **Pages:** lists are newest first; pass `next_cursor` back as `cursor` until it is null.
+- **Safe retries:** POST takes an `Idempotency-Key`: a repeat within 24 hours replays the first answer.
+- **Identity:** with authentication on, send an ID token as `Authorization: Bearer <token>`.
+"""
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Projects and tasks API",
         version="1.0.0",
         summary="A reference CRUD service for Google Cloud Functions on Cloud SQL for PostgreSQL.",
+        description=API_DESCRIPTION,
+        openapi_tags=[
+            {"name": "projects", "description": "Projects; deleting one deletes its tasks."},
+            {"name": "tasks", "description": "Tasks, created and listed under their project."},
+            {"name": "health", "description": "Liveness and readiness, open to every caller."},
+        ],
         root_path=settings.root_path,
         lifespan=lifespan,
     )

@@ -3,7 +3,7 @@
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, StringConstraints, field_validator
 from pydantic import Field as PydanticField
@@ -119,7 +119,7 @@ class IdempotencyRecord(SQLModel, table=True):
 class InputSchema(SQLModel):
     """Request bodies: unknown (and server-owned) fields are an error, never silently dropped."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid"}  # subclasses with an example repeat it (see _example)
 
 
 def _reject_null(value: object) -> object:
@@ -129,12 +129,25 @@ def _reject_null(value: object) -> object:
     return value
 
 
+def _example(**values: object) -> Any:
+    """Model config with one example, shown in /docs and in the OpenAPI document."""
+    return {"extra": "forbid", "json_schema_extra": {"examples": [values]}}
+
+
 class ProjectCreate(InputSchema):
+    """A new project. The name is trimmed and unique, whatever its case."""
+
+    model_config = _example(name="Website relaunch", description="Everything for the spring launch")
+
     name: ProjectName
     description: ProjectDescription | None = None
 
 
 class ProjectUpdate(InputSchema):
+    """A JSON merge patch: absent fields stay as they are, null clears `description`."""
+
+    model_config = _example(description=None)
+
     name: ProjectName | None = None
     description: ProjectDescription | None = None
 
@@ -142,6 +155,8 @@ class ProjectUpdate(InputSchema):
 
 
 class ProjectPublic(SQLModel):
+    """A project as the API returns it; `version` grows by one on every change (see ETag)."""
+
     id: uuid.UUID
     name: str
     description: str | None
@@ -153,6 +168,10 @@ class ProjectPublic(SQLModel):
 
 
 class TaskCreate(InputSchema):
+    """A new task in the project named by the path."""
+
+    model_config = _example(title="Write the launch post", status="todo", priority=1, due_date="2027-03-01")
+
     title: TaskTitle
     description: TaskDescription | None = None
     status: TaskStatus = TaskStatus.todo
@@ -161,6 +180,10 @@ class TaskCreate(InputSchema):
 
 
 class TaskUpdate(InputSchema):
+    """A JSON merge patch; `project_id` moves the task to another existing project."""
+
+    model_config = _example(status="done", due_date=None)
+
     project_id: uuid.UUID | None = None
     title: TaskTitle | None = None
     description: TaskDescription | None = None
@@ -172,6 +195,8 @@ class TaskUpdate(InputSchema):
 
 
 class TaskPublic(SQLModel):
+    """A task as the API returns it."""
+
     id: uuid.UUID
     project_id: uuid.UUID
     title: str

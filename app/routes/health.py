@@ -19,11 +19,13 @@ READY_TIMEOUT_S = 2.0
 
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Touches no database."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses=problem_responses(503))
 async def readyz(database: Annotated[Database, Depends(get_database)]) -> dict[str, str]:
+    """Readiness: the database answers; 503 with `Retry-After` when it does not."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             engine = await database.ready()

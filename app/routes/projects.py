@@ -44,6 +44,8 @@ async def create_project(
     request: Request,
     response: Response,
 ) -> Project | Response:
+    """Create a project. Send `Idempotency-Key` to make retries safe."""
+
     async def create(before_commit: BeforeCommit | None) -> Project:
         return await projects.create_project(
             session=session, data=body, principal=principal, before_commit=before_commit
@@ -65,6 +67,7 @@ async def list_projects(
     page: PageDep,
     q: Annotated[SearchText | None, Query(description="Names containing this text, any case")] = None,
 ) -> Page[Project]:
+    """List projects, newest first, a page at a time (`next_cursor` gives the next page)."""
     return await projects.list_projects(session=session, page=page, name_contains=q)
 
 
@@ -72,6 +75,7 @@ async def list_projects(
 async def read_project(
     project: ValidProject, response: Response, if_none_match: IfNoneMatch = None
 ) -> Project | Response:
+    """Read one project. `If-None-Match` with its ETag answers 304 while it is unchanged."""
     return conditional_read(project, response, if_none_match) or project
 
 
@@ -89,6 +93,7 @@ async def update_project(
     response: Response,
     if_match: IfMatch = None,
 ) -> Project:
+    """Change a project with a JSON merge patch. `If-Match` with its ETag guards against lost updates."""
     project = await projects.update_project(
         session=session,
         project_id=project_id,
@@ -104,6 +109,7 @@ async def update_project(
 async def delete_project(
     project_id: uuid.UUID, session: SessionDep, principal: PrincipalDep, if_match: IfMatch = None
 ) -> None:
+    """Delete a project and all its tasks. `If-Match` makes the delete conditional."""
     await projects.delete_project(
         session=session,
         project_id=project_id,

@@ -45,6 +45,8 @@ async def create_task(
     request: Request,
     response: Response,
 ) -> Task | Response:
+    """Create a task in a project. Send `Idempotency-Key` to make retries safe."""
+
     async def create(before_commit: BeforeCommit | None) -> Task:
         return await tasks.create_task(
             session=session, project_id=project_id, data=body, principal=principal, before_commit=before_commit
@@ -67,11 +69,13 @@ async def list_tasks(
     page: PageDep,
     status: Annotated[TaskStatus | None, Query(description="Only tasks with this status")] = None,
 ) -> Page[Task]:
+    """List a project's tasks, newest first, optionally only those with one status."""
     return await tasks.list_tasks(session=session, project_id=project_id, page=page, status=status)
 
 
 @router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=NOT_MODIFIED | problem_responses(404))
 async def read_task(task: ValidTask, response: Response, if_none_match: IfNoneMatch = None) -> Task | Response:
+    """Read one task. `If-None-Match` with its ETag answers 304 while it is unchanged."""
     return conditional_read(task, response, if_none_match) or task
 
 
@@ -89,6 +93,7 @@ async def update_task(
     response: Response,
     if_match: IfMatch = None,
 ) -> Task:
+    """Change a task with a JSON merge patch; `project_id` moves it. `If-Match` guards the write."""
     task = await tasks.update_task(
         session=session,
         task_id=task_id,
@@ -104,6 +109,7 @@ async def update_task(
 async def delete_task(
     task_id: uuid.UUID, session: SessionDep, principal: PrincipalDep, if_match: IfMatch = None
 ) -> None:
+    """Delete a task. `If-Match` makes the delete conditional."""
     await tasks.delete_task(
         session=session, task_id=task_id, expected_versions=acceptable_versions(if_match, task_id), principal=principal
     )
