@@ -22,6 +22,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.engine import make_url
+from sqlmodel import SQLModel
 
 from app.api import create_app
 from app.settings import Settings
@@ -264,7 +265,7 @@ def test_alembic_ran_through_the_connector_as_the_migrator(
     output = _alembic_through_the_connector(fake, iam_database, "check")
     assert "No new upgrade operations detected" in output
     owners = asyncio.run(_table_owners(_with_database(server_url, iam_database)))
-    assert owners == dict.fromkeys(["alembic_version", "projects", "tasks", "idempotency_keys"], MIGRATOR_DB_USER)
+    assert owners == dict.fromkeys(["alembic_version", *SQLModel.metadata.tables], MIGRATOR_DB_USER)
 
 
 async def _table_owners(url: str) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Plumbing every resource's routes share: media types, ETag headers, conditional reads."""
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from email.message import Message
@@ -32,19 +33,23 @@ async def created_response(
         return stored
 
     def location_of(resource: Audited) -> str:
-        path_parameter = f"{type(resource).__name__.lower()}_id"
-        return request.url_for(read_route, **{path_parameter: resource.id}).path
+        return request.url_for(read_route, **{path_parameter(type(resource)): resource.id}).path
 
     resource = await create(idempotency.recorder(public, location_of) if idempotency is not None else None)
     with_etag(response, resource, location=location_of(resource))
     return resource
 
 
+def path_parameter(model: type) -> str:
+    """The path parameter that names one `model`: `Task` -> `task_id`, `TaskLabel` -> `task_label_id`."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", model.__name__).lower() + "_id"
+
+
 def load_or_404(model: type[ModelT]) -> Callable[..., Awaitable[ModelT]]:
     """A dependency that loads `model` by its `{<model>_id}` path parameter, or answers 404."""
 
     async def load(
-        session: ReadSessionDep, resource_id: Annotated[uuid.UUID, Path(alias=f"{model.__name__.lower()}_id")]
+        session: ReadSessionDep, resource_id: Annotated[uuid.UUID, Path(alias=path_parameter(model))]
     ) -> ModelT:
         resource = await get_or_none(session, model, resource_id)
         if resource is None:
