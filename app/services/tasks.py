@@ -11,12 +11,6 @@ from app.models import Page, Project, Task, TaskCreate, TaskStatus, TaskUpdate
 from app.pagination import PageRequest, keyset, to_page
 from app.services import versioned
 
-_PROJECT_FK = "fk_tasks_project_id_projects"
-
-
-def _is_missing_project(error: IntegrityError) -> bool:
-    return versioned.violated_constraint(error) == _PROJECT_FK
-
 
 async def create_task(
     *,
@@ -30,7 +24,7 @@ async def create_task(
     try:
         return await versioned.insert_returning(session, Task, values, principal=principal, before_commit=before_commit)
     except IntegrityError as error:
-        if _is_missing_project(error):
+        if versioned.missing_parent(error, Task, Project):
             raise versioned.not_found(Project, project_id) from None
         raise
 
@@ -66,7 +60,7 @@ async def update_task(
             principal=principal,
         )
     except IntegrityError as error:
-        if _is_missing_project(error):
+        if versioned.missing_parent(error, Task, Project):
             problem = {"loc": ["body", "project_id"], "msg": "no project has this id", "type": "foreign_key"}
             raise InvalidRequest(f"project {changes.project_id} does not exist", errors=[problem]) from None
         raise

@@ -24,6 +24,13 @@ def violated_constraint(error: IntegrityError) -> str | None:
     return getattr(error.orig.__cause__, "constraint_name", None) if error.orig else None
 
 
+def missing_parent(error: IntegrityError, model: type[Audited], parent: type[Audited]) -> bool:
+    """Whether `error` is `model`'s foreign key to `parent` finding no such row."""
+    table, parent_table = model.__table__, parent.__table__  # type: ignore[attr-defined]
+    keys = {key.name for key in table.foreign_key_constraints if key.referred_table is parent_table}
+    return violated_constraint(error) in keys
+
+
 def not_found(model: type[Audited], resource_id: uuid.UUID) -> NotFound:
     return NotFound(f"{model.__name__.lower()} {resource_id} does not exist")
 
