@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint check clean startup lock rename
+.PHONY: run test lint check clean startup lock rename migration
 # The whole suite with coverage (floor: 90 % of app/, set in pyproject.toml). For a subset, drop the
 # floor: make test PYTEST_ARGS=tests/test_tasks.py COVERAGE=
 COVERAGE ?= --cov --cov-report=term-missing:skip-covered
@@ -34,6 +34,10 @@ lock: $(BIN)/.installed
 	$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
 		--output-file=requirements.txt requirements.in
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+
+# Autogenerate the next migration from app/models.py: make migration NAME="add comments"
+migration: $(BIN)/.installed
+	$(BIN)/python scripts/new_migration.py "$(NAME)"
 
 # Give the service your name in every place that carries it: make rename NAME=orders-api
 rename: $(BIN)/.installed
