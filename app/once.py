@@ -19,10 +19,6 @@ class Once(Generic[T]):
         self._factory = factory
         self._attempt: asyncio.Task[T] | None = None
 
-    @property
-    def done(self) -> bool:
-        return self._attempt is not None and self._attempt.done() and not self._attempt.exception()
-
     async def __call__(self) -> T:
         if self._attempt is None:  # no await before the assignment: concurrent callers share it
             self._attempt = asyncio.ensure_future(self._factory())

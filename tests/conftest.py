@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx
@@ -22,6 +23,9 @@ from fastapi import FastAPI
 
 from app.api import create_app
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.identity_fakes import Issuer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -130,3 +134,28 @@ async def task(client: httpx.AsyncClient, project: dict[str, object]) -> dict[st
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
     return body
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Iterator["Issuer"]:
+    """A token issuer with its key set served on loopback (tests/identity_fakes.py)."""
+    from tests.identity_fakes import Issuer
+
+    running = Issuer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def authed(database_url: str, issuer: "Issuer") -> AsyncIterator[httpx.AsyncClient]:
+    """A client of an app with AUTH_MODE=google whose key set is `issuer`'s (no allow-list)."""
+    from tests.identity_fakes import AUDIENCE
+
+    settings = Settings(
+        database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=issuer.jwks_url
+    )
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+    await application.state.database.dispose()

@@ -2,18 +2,15 @@
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from app.api import create_app
-from app.settings import Settings
 from tests.conftest import _libpq_url, unique
 from tests.helpers import assert_problem, error_locations
-from tests.identity_fakes import AUDIENCE, Issuer
+from tests.identity_fakes import Issuer
 
 
 def key() -> dict[str, str]:
@@ -156,23 +153,6 @@ async def test_a_malformed_key_is_422(client: httpx.AsyncClient, bad: str) -> No
 async def test_the_longest_key_is_accepted(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/projects", json={"name": unique()}, headers={"Idempotency-Key": "k" * 255})
     assert response.status_code == 201
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    running = Issuer().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def authed(database_url: str, issuer: Issuer) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(
-        Settings(database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=issuer.jwks_url)
-    )
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-        yield client
-    await app.state.database.dispose()
 
 
 async def test_keys_are_scoped_per_principal(authed: httpx.AsyncClient, issuer: Issuer) -> None:

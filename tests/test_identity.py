@@ -3,7 +3,7 @@
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,13 +16,6 @@ from app.settings import Settings
 from tests.conftest import unique
 from tests.helpers import assert_problem
 from tests.identity_fakes import AUDIENCE, Issuer, SigningKey
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    running = Issuer().start()
-    yield running
-    running.stop()
 
 
 async def _client_for(app: FastAPI) -> httpx.AsyncClient:

@@ -3,18 +3,15 @@
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
-from app.api import create_app
 from app.logs import CloudLoggingFormatter, TextFormatter
-from app.settings import Settings
 from tests.conftest import unique
-from tests.identity_fakes import AUDIENCE, Issuer
+from tests.identity_fakes import Issuer
 
 
 class Captured:
@@ -48,23 +45,6 @@ def logs() -> Iterator[Captured]:
     yield Captured(stream)
     app_logger.removeHandler(handler)
     app_logger.setLevel(previous)
-
-
-@pytest.fixture(scope="module")
-def issuer() -> Iterator[Issuer]:
-    running = Issuer().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-async def authed(database_url: str, issuer: Issuer) -> AsyncIterator[httpx.AsyncClient]:
-    app: FastAPI = create_app(
-        Settings(database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=issuer.jwks_url)
-    )
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-        yield client
-    await app.state.database.dispose()
 
 
 async def test_every_write_is_one_audit_entry_at_notice(
