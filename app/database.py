@@ -143,6 +143,7 @@ class Database:
     async def dispose(self) -> None:
         """Close the pool, then the connector (which the pool's connections came through)."""
         self.ready.reset()
+        self._sessions = self._reads = None  # the next session starts over, with a new engine
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None

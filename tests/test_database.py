@@ -3,8 +3,9 @@
 import asyncio
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, literal, text
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import select
 
 from app import database as database_module
 from app.database import Database
@@ -42,3 +43,14 @@ async def test_the_engine_is_made_once_and_only_when_first_used(database_url: st
     assert all(engine is engines[0] for engine in engines)
     await database.dispose()
     assert database._engine is None
+
+
+async def test_a_disposed_database_reconnects_on_next_use(database_url: str) -> None:
+    database = Database(Settings(database_url=database_url))
+    async with await database.session(read_only=True) as session:
+        assert (await session.exec(select(literal(1)))).one() == 1
+    await database.dispose()
+    async with await database.session() as session:  # a new engine, not the disposed one
+        assert (await session.exec(select(literal(2)))).one() == 2
+    assert database._engine is not None
+    await database.dispose()
