@@ -1,8 +1,29 @@
-"""Assertions shared by the test modules."""
+"""Assertions and database look-ups shared by the test modules."""
 
 from typing import Any
 
+import asyncpg
 import httpx
+
+from tests.conftest import _libpq_url
+
+
+async def fetch(url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    """Rows of one query, on a connection of the test's own, beside the app's pool."""
+    connection = await asyncpg.connect(_libpq_url(url))
+    try:
+        return await connection.fetch(query, *args)
+    finally:
+        await connection.close()
+
+
+async def fetchval(url: str, query: str, *args: object) -> Any:
+    rows = await fetch(url, query, *args)
+    return rows[0][0] if rows else None
+
+
+async def public_tables(url: str) -> set[str]:
+    return {row["tablename"] for row in await fetch(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:

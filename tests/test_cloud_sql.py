@@ -28,7 +28,7 @@ from app.api import create_app
 from app.settings import Settings
 from tests.cloud_sql_fake import PROXY_PORT, CertificateAuthority, FakeCloudSQL
 from tests.conftest import ROOT, _libpq_url, _with_database, unique
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, fetch
 
 RUNTIME = "projects-api@fake-project.iam.gserviceaccount.com"
 MIGRATOR = "migrator@fake-project.iam.gserviceaccount.com"
@@ -132,15 +132,8 @@ async def app_client(
 
 
 async def _backend_users(server_url: str, database: str) -> set[str]:
-    connection = await asyncpg.connect(_libpq_url(server_url))
-    try:
-        rows = await connection.fetch(
-            "SELECT usename FROM pg_stat_activity WHERE datname = $1 AND application_name = 'projects-api'",
-            database,
-        )
-        return {row["usename"] for row in rows}
-    finally:
-        await connection.close()
+    query = "SELECT usename FROM pg_stat_activity WHERE datname = $1 AND application_name = 'projects-api'"
+    return {row["usename"] for row in await fetch(server_url, query, database)}
 
 
 async def test_crud_runs_as_the_iam_user_with_no_password(
@@ -269,12 +262,8 @@ def test_alembic_ran_through_the_connector_as_the_migrator(
 
 
 async def _table_owners(url: str) -> dict[str, str]:
-    connection = await asyncpg.connect(_libpq_url(url))
-    try:
-        rows = await connection.fetch("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")
-        return {row["tablename"]: row["tableowner"] for row in rows}
-    finally:
-        await connection.close()
+    rows = await fetch(url, "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")
+    return {row["tablename"]: row["tableowner"] for row in rows}
 
 
 async def test_the_runtime_user_can_write_rows_but_not_change_the_schema(iam_database: str, server_url: str) -> None:

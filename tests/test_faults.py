@@ -18,8 +18,8 @@ from fastapi import FastAPI
 
 from app.api import create_app
 from app.settings import Settings
-from tests.conftest import _libpq_url, _with_database, run_alembic, unique
-from tests.helpers import assert_problem
+from tests.conftest import _libpq_url, run_alembic, unique
+from tests.helpers import assert_problem, fetch, fetchval
 
 
 class RestartablePostgres:
@@ -102,17 +102,8 @@ async def test_a_statement_over_the_timeout_is_a_503_problem(database_url: str) 
         finally:
             await blocker.close()
     assert "statement timeout" in assert_problem(response, 503)["detail"]
-    assert (await _fetch_version(database_url, project["id"])) == 1
+    assert await fetchval(database_url, "SELECT version FROM projects WHERE id = $1", project["id"]) == 1
     await app.state.database.dispose()
-
-
-async def _fetch_version(url: str, project_id: str) -> int:
-    connection = await asyncpg.connect(_libpq_url(url))
-    try:
-        version: int = await connection.fetchval("SELECT version FROM projects WHERE id = $1", project_id)
-        return version
-    finally:
-        await connection.close()
 
 
 async def test_readyz_follows_the_database_down_and_back_without_a_restart(
@@ -170,23 +161,17 @@ async def test_writes_under_load_survive_a_restart_with_no_500_and_no_lost_201(
 
 
 async def _task_ids(url: str, project_id: str) -> set[str]:
-    connection = await asyncpg.connect(_libpq_url(_with_database(url, "faults")))
-    try:
-        rows = await connection.fetch("SELECT id::text FROM tasks WHERE project_id = $1", project_id)
-        return {row["id"] for row in rows}
-    finally:
-        await connection.close()
+    rows = await fetch(url, "SELECT id::text FROM tasks WHERE project_id = $1", project_id)
+    return {row["id"] for row in rows}
 
 
 async def _terminate_app_sessions(url: str) -> int:
-    connection = await asyncpg.connect(_libpq_url(url))
-    try:
-        return await connection.fetchval(  # type: ignore[no-any-return]
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name = 'projects-api' AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await connection.close()
+    count: int = await fetchval(
+        url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'projects-api' AND pid <> pg_backend_pid()",
+    )
+    return count
 
 
 @pytest.mark.parametrize("idle_ping_after_s", [0.0, 3600.0])

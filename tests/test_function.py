@@ -7,13 +7,12 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import ROOT, _libpq_url, run_alembic, unique
+from tests.conftest import ROOT, run_alembic, unique
 from tests.function_server import FunctionServer, serve_function
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, fetchval
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +189,9 @@ print("clean import")
 
 async def _connections(database_url: str) -> int:
     database = database_url.rsplit("/", 1)[1].split("?")[0]
-    connection = await asyncpg.connect(_libpq_url(database_url))
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", database
-        )
-        return count
-    finally:
-        await connection.close()
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()"
+    count: int = await fetchval(database_url, query, database)
+    return count
 
 
 def _wait_for(condition: Callable[[], Any], timeout_s: float = 5) -> None:

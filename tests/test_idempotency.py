@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import _libpq_url, unique
-from tests.helpers import assert_problem, error_locations
+from tests.helpers import assert_problem, error_locations, fetch, fetchval
 from tests.identity_fakes import Issuer
 
 
@@ -18,12 +18,8 @@ def key() -> dict[str, str]:
 
 
 async def _count_projects(database_url: str, name: str) -> int:
-    connection = await asyncpg.connect(_libpq_url(database_url))
-    try:
-        count: int = await connection.fetchval("SELECT count(*) FROM projects WHERE name = $1", name)
-        return count
-    finally:
-        await connection.close()
+    count: int = await fetchval(database_url, "SELECT count(*) FROM projects WHERE name = $1", name)
+    return count
 
 
 async def test_a_repeat_replays_the_first_response_and_creates_nothing(
@@ -130,14 +126,11 @@ async def test_a_client_error_is_not_remembered(client: httpx.AsyncClient, proje
 async def test_a_key_expires_after_24_hours(client: httpx.AsyncClient, database_url: str) -> None:
     headers = key()
     await client.post("/v1/projects", json={"name": unique()}, headers=headers)
-    connection = await asyncpg.connect(_libpq_url(database_url))
-    try:
-        await connection.execute(
-            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
-            headers["Idempotency-Key"],
-        )
-    finally:
-        await connection.close()
+    await fetch(
+        database_url,
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+        headers["Idempotency-Key"],
+    )
     name = unique("after-expiry")
     response = await client.post("/v1/projects", json={"name": name}, headers=headers)
     assert response.status_code == 201

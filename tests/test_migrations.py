@@ -5,28 +5,19 @@ A plain (sync) test: it drives the real alembic CLI and checks the catalog betwe
 import asyncio
 from collections.abc import Callable
 
-import asyncpg
 from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from tests.conftest import _libpq_url, run_alembic
-
-
-async def _tables(url: str) -> set[str]:
-    connection = await asyncpg.connect(_libpq_url(url))
-    try:
-        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        return {row["tablename"] for row in rows}
-    finally:
-        await connection.close()
+from tests.conftest import run_alembic
+from tests.helpers import public_tables
 
 
 def test_upgrade_check_downgrade_upgrade_round_trip(create_database: Callable[[], str]) -> None:
     url = create_database()
     run_alembic(url, "upgrade", "head")
-    assert asyncio.run(_tables(url)) == {"alembic_version", *SQLModel.metadata.tables}  # every model, no other
+    assert asyncio.run(public_tables(url)) == {"alembic_version", *SQLModel.metadata.tables}  # every model, no other
     assert "No new upgrade operations detected" in run_alembic(url, "check").stdout
     run_alembic(url, "downgrade", "base")
-    assert asyncio.run(_tables(url)) == {"alembic_version"}
+    assert asyncio.run(public_tables(url)) == {"alembic_version"}
     run_alembic(url, "upgrade", "head")
     assert "No new upgrade operations detected" in run_alembic(url, "check").stdout

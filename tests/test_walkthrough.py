@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import asyncpg
-
-from tests.conftest import ROOT, _libpq_url
+from tests.conftest import ROOT
+from tests.helpers import public_tables
 
 DOC = ROOT / "docs" / "adding-a-resource.md"
 DOC_TESTS = "tests/test_comments.py"
@@ -169,15 +168,6 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> st
     return result.stdout
 
 
-async def _tables(url: str) -> set[str]:
-    connection = await asyncpg.connect(_libpq_url(url))
-    try:
-        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-        return {row["tablename"] for row in rows}
-    finally:
-        await connection.close()
-
-
 def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_its_tests(
     tmp_path: Path, create_database: Callable[[], str], server_url: str
 ) -> None:
@@ -201,7 +191,7 @@ def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_it
 
     (migration,) = set(versions.glob("*.py")) - existing_migrations
     assert re.search(r'op\.create_table\(\s*"comments",', migration.read_text()), migration.read_text()
-    assert "comments" in asyncio.run(_tables(database_url))
+    assert "comments" in asyncio.run(public_tables(database_url))
 
     # Types are checked (the slowest step without a cache) while ruff and the page's tests run.
     mypy = subprocess.Popen([BIN / "mypy"], cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
