@@ -131,7 +131,7 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     return response_for(request, InvalidRequest("the request has invalid or missing fields", errors=errors))
 
 
-async def _on_http(request: Request, exc: Exception) -> JSONResponse:
+async def http_problem(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors: unknown route (404), wrong method (405, keeps `Allow`), 413, 400."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # a body FastAPI could not decode
@@ -167,6 +167,6 @@ async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(HTTPException, http_problem)
     app.add_exception_handler(IntegrityError, _on_integrity)
     app.add_exception_handler(Exception, _on_unhandled)

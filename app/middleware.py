@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem_response
+from app.errors import http_problem
 from app.logs import RequestContext, current_request, log_access, trace_of
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -71,8 +71,9 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+        if declared.isdigit() and int(declared) > self.max_bytes:  # answered as the streamed case is
+            response = await http_problem(Request(scope, receive), self._too_large())
+            await response(scope, receive, send)
             return
         received = 0
 
@@ -81,16 +82,10 @@ class BodySizeLimitMiddleware:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(413, self._detail)
+                raise self._too_large()
             return message
 
         await self.app(scope, receive_counted, send)
 
-    @property
-    def _detail(self) -> str:
-        return f"request bodies are limited to {self.max_bytes} bytes"
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        response = problem_response(request, status=413, title="Content Too Large", detail=self._detail)
-        await response(scope, receive, send)
+    def _too_large(self) -> HTTPException:
+        return HTTPException(413, f"request bodies are limited to {self.max_bytes} bytes")

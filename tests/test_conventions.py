@@ -160,3 +160,16 @@ async def test_openapi_documents_problem_responses(client: httpx.AsyncClient) ->
     operation = spec["paths"]["/v1/projects/{project_id}"]["patch"]
     for status in ["404", "409", "412", "415", "422"]:
         assert "application/problem+json" in operation["responses"][status]["content"], status
+
+
+async def test_declared_and_streamed_oversized_bodies_get_the_same_problem(client: httpx.AsyncClient) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(17):
+            yield b"x" * 65536
+
+    headers = {"content-type": "application/json"}
+    declared = assert_problem(await client.post("/v1/projects", content=b"x" * (ONE_MIB + 1), headers=headers), 413)
+    streamed = assert_problem(await client.post("/v1/projects", content=chunks(), headers=headers), 413)
+    assert {key: declared[key] for key in ("type", "title", "detail")} == {
+        key: streamed[key] for key in ("type", "title", "detail")
+    }
