@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.api import create_app
-from app.cloud_function import LazyLifespan, forward
+from app.core.function import LazyLifespan, forward
 
 app = create_app()  # validates the settings now, so a bad value stops start-up
 lifespan = LazyLifespan(app)

@@ -1,4 +1,4 @@
-"""The FastAPI application: settings in, routes, middleware and problem handlers wired once."""
+"""The FastAPI application: the platform (`app/core/`) wired once around the resources' routers."""
 
 import logging
 from collections.abc import AsyncIterator
@@ -6,15 +6,20 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from app.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
-from app.database import Database
-from app.db_errors import install_database_handlers
-from app.errors import install_problem_handlers
-from app.logs import configure_logging
-from app.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from app.openapi import install_openapi, problem_responses
-from app.routes import health, projects, tasks
-from app.settings import Settings, get_settings
+from app.core import health
+from app.core.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
+from app.core.database import Database
+from app.core.db_errors import install_database_handlers
+from app.core.errors import install_problem_handlers
+from app.core.logs import configure_logging
+from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.core.openapi import install_openapi, problem_responses
+from app.core.settings import Settings, get_settings
+from app.projects.routes import router as projects_router
+from app.tasks.routes import router as tasks_router
+
+# The resources: one line each (their tables register with SQLModel.metadata on import).
+RESOURCE_ROUTERS = [projects_router, tasks_router]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     documented_auth = [Depends(bearer_scheme)] if verifier is not None else []
     auth_problems = problem_responses(401, 403) if verifier is not None else {}
-    for router in (projects.router, tasks.router):
+    for router in RESOURCE_ROUTERS:
         app.include_router(router, dependencies=documented_auth, responses=auth_problems)
     install_openapi(app)
     return app

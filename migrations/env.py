@@ -9,9 +9,9 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
-import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from app.database import Database
-from app.settings import get_settings
+import app.api  # noqa: F401  (imports every resource, which registers its tables on SQLModel.metadata)
+from app.core.database import Database
+from app.core.settings import get_settings
 
 if context.config.config_file_name is not None and context.config.attributes.get("configure_logging", True):
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
@@ -37,7 +37,7 @@ def _migrate(connection: Connection) -> None:
 async def _run_online() -> None:
     database = Database(get_settings(), pooled=False)  # the app's own path: plain URL or Cloud SQL + IAM
     try:
-        engine = await database.ready()
+        engine = await database.engine()
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)
     finally:

@@ -1,4 +1,4 @@
-"""`make migration NAME="add comments"`: autogenerate the next Alembic revision from app/models.py.
+"""`make migration NAME="add comments"`: autogenerate the next Alembic revision from the models.
 
 Uses DATABASE_URL when set; otherwise the embedded PostgreSQL of `make run` (.data/postgres), which
 it starts, upgrades to the current head, compares with the models, and stops again.

@@ -8,13 +8,12 @@ Tests stay independent by using unique names, never by relying on order.
 
 import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -22,27 +21,17 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import create_app
-from app.settings import Settings
+from app.core.settings import Settings
+from tests.helpers import ROOT, libpq_url, run_alembic, unique, with_database
 
 if TYPE_CHECKING:
     from tests.identity_fakes import Issuer
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def _libpq_url(sqlalchemy_url: str) -> str:
-    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-def _with_database(sqlalchemy_url: str, database: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(sqlalchemy_url).set(drivername="postgresql+asyncpg", database=database).render_as_string(False)
-
-
 async def _admin(server_url: str, statement: str) -> None:
-    connection = await asyncpg.connect(_libpq_url(server_url))
+    connection = await asyncpg.connect(libpq_url(server_url))
     try:
         await connection.execute(statement)
     finally:
@@ -53,7 +42,7 @@ async def _admin(server_url: str, statement: str) -> None:
 def server_url() -> Iterator[str]:
     """A URL of the server's maintenance database: TEST_DATABASE_URL's server, or an embedded one."""
     if url := os.environ.get("TEST_DATABASE_URL"):
-        yield _with_database(url, "postgres")
+        yield with_database(url, "postgres")
         return
     import embedded_db
 
@@ -65,17 +54,8 @@ def server_url() -> Iterator[str]:
             server.cleanup()
 
 
-def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as CI and Cloud Build run it."""
-    env = os.environ | {"DATABASE_URL": database_url}
-    env.pop("INSTANCE_CONNECTION_NAME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True
-    )
-
-
 @pytest.fixture(scope="session")
-def create_database(server_url: str) -> Iterator[object]:
+def create_database(server_url: str) -> Iterator[Callable[[], str]]:
     """A factory of empty databases on the test server, all dropped at the end of the run."""
     created: list[str] = []
 
@@ -83,7 +63,7 @@ def create_database(server_url: str) -> Iterator[object]:
         name = f"test_{uuid.uuid4().hex[:12]}"
         asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
         created.append(name)
-        return _with_database(server_url, name)
+        return with_database(server_url, name)
 
     yield create
     for name in created:
@@ -91,8 +71,8 @@ def create_database(server_url: str) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def database_url(create_database: object) -> str:
-    url: str = create_database()  # type: ignore[operator]
+def database_url(create_database: Callable[[], str]) -> str:
+    url = create_database()
     run_alembic(url, "upgrade", "head")
     return url
 
@@ -116,23 +96,19 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def unique(label: str = "item") -> str:
-    return f"{label}-{uuid.uuid4().hex[:10]}"
-
-
 @pytest.fixture
-async def project(client: httpx.AsyncClient) -> dict[str, object]:
+async def project(client: httpx.AsyncClient) -> dict[str, Any]:
     response = await client.post("/v1/projects", json={"name": unique("project")})
     assert response.status_code == 201, response.text
-    body: dict[str, object] = response.json()
+    body: dict[str, Any] = response.json()
     return body
 
 
 @pytest.fixture
-async def task(client: httpx.AsyncClient, project: dict[str, object]) -> dict[str, object]:
+async def task(client: httpx.AsyncClient, project: dict[str, Any]) -> dict[str, Any]:
     response = await client.post(f"/v1/projects/{project['id']}/tasks", json={"title": unique("task")})
     assert response.status_code == 201, response.text
-    body: dict[str, object] = response.json()
+    body: dict[str, Any] = response.json()
     return body
 
 

@@ -1,16 +1,44 @@
-"""Assertions and database look-ups shared by the test modules."""
+"""What the test modules share: names, database look-ups, the alembic CLI and problem assertions."""
 
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+from sqlalchemy.engine import make_url
 
-from tests.conftest import _libpq_url
+ROOT = Path(__file__).resolve().parent.parent
+MISSING_ID = "0b7e6f0e-0000-4000-8000-000000000000"  # a well-formed id that no row has
+
+
+def unique(label: str = "item") -> str:
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(sqlalchemy_url: str, database: str) -> str:
+    return make_url(sqlalchemy_url).set(drivername="postgresql+asyncpg", database=database).render_as_string(False)
+
+
+def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as CI and Cloud Build run it."""
+    env = os.environ | {"DATABASE_URL": database_url}
+    env.pop("INSTANCE_CONNECTION_NAME", None)
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
 
 
 async def fetch(url: str, query: str, *args: object) -> list[asyncpg.Record]:
     """Rows of one query, on a connection of the test's own, beside the app's pool."""
-    connection = await asyncpg.connect(_libpq_url(url))
+    connection = await asyncpg.connect(libpq_url(url))
     try:
         return await connection.fetch(query, *args)
     finally:

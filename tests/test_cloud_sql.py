@@ -25,10 +25,9 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from app.api import create_app
-from app.settings import Settings
+from app.core.settings import Settings
 from tests.cloud_sql_fake import PROXY_PORT, CertificateAuthority, FakeCloudSQL
-from tests.conftest import ROOT, _libpq_url, _with_database, unique
-from tests.helpers import assert_problem, fetch
+from tests.helpers import ROOT, assert_problem, fetch, libpq_url, unique, with_database
 
 RUNTIME = "projects-api@fake-project.iam.gserviceaccount.com"
 MIGRATOR = "migrator@fake-project.iam.gserviceaccount.com"
@@ -48,7 +47,7 @@ def _upstream(server_url: str) -> tuple[str, ...]:
 
 
 async def _admin(url: str, *statements: str) -> None:
-    connection = await asyncpg.connect(_libpq_url(url))
+    connection = await asyncpg.connect(libpq_url(url))
     try:
         for statement in statements:
             await connection.execute(statement)
@@ -184,7 +183,7 @@ async def test_an_expired_certificate_is_refreshed(
     assert (await client.get("/v1/projects")).status_code == 200
     first = fake.certificates[-1]
     await asyncio.sleep(2.5)  # the certificate has expired; the proxy would refuse it now
-    await (await app.state.database.ready()).dispose()  # drop pooled connections: the next one is new
+    await (await app.state.database.engine()).dispose()  # drop pooled connections: the next one is new
     assert (await client.get("/v1/projects")).status_code == 200
     second = fake.certificates[-1]
     assert second.serial_number != first.serial_number
@@ -215,13 +214,13 @@ async def test_a_connection_failure_is_a_503_then_the_next_request_recovers(
         fake.admin_status = 403
     else:
         setattr(fake, failure, True)
-    with caplog.at_level(logging.ERROR, logger="app.database"):
+    with caplog.at_level(logging.ERROR, logger="app.core.database"):
         response = await client.get("/v1/projects")
     body = assert_problem(response, 503)
     assert reason in body["detail"]
     assert response.headers["retry-after"] == "5"
     assert "ya29" not in response.text and "BEGIN" not in response.text  # no token, no key material
-    logged = [record.getMessage() for record in caplog.records if record.name == "app.database"]
+    logged = [record.getMessage() for record in caplog.records if record.name == "app.core.database"]
     assert len(logged) == 1
     assert fake.connection_name in logged[0] and RUNTIME in logged[0] and reason in logged[0]
     fake.admin_status, fake.token_error, fake.refuse_login = 200, False, False
@@ -257,7 +256,7 @@ def test_alembic_ran_through_the_connector_as_the_migrator(
 ) -> None:
     output = _alembic_through_the_connector(fake, iam_database, "check")
     assert "No new upgrade operations detected" in output
-    owners = asyncio.run(_table_owners(_with_database(server_url, iam_database)))
+    owners = asyncio.run(_table_owners(with_database(server_url, iam_database)))
     assert owners == dict.fromkeys(["alembic_version", *SQLModel.metadata.tables], MIGRATOR_DB_USER)
 
 
@@ -267,8 +266,8 @@ async def _table_owners(url: str) -> dict[str, str]:
 
 
 async def test_the_runtime_user_can_write_rows_but_not_change_the_schema(iam_database: str, server_url: str) -> None:
-    url = make_url(_with_database(server_url, iam_database)).set(username=RUNTIME_DB_USER)
-    connection = await asyncpg.connect(_libpq_url(url.render_as_string(False)))
+    url = make_url(with_database(server_url, iam_database)).set(username=RUNTIME_DB_USER)
+    connection = await asyncpg.connect(libpq_url(url.render_as_string(False)))
     try:
         await connection.execute("INSERT INTO projects (name) VALUES ($1)", unique("runtime"))
         for ddl in ["CREATE TABLE intruder (id int)", "DROP TABLE tasks", "ALTER TABLE projects ADD COLUMN x int"]:

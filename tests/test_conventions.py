@@ -7,9 +7,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import create_app
-from app.settings import Settings
-from tests.conftest import unique
-from tests.helpers import assert_problem, error_locations
+from app.core.settings import Settings
+from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
 ONE_MIB = 1024 * 1024
 
@@ -46,7 +45,7 @@ async def test_a_wrong_method_is_a_405_problem_with_allow(client: httpx.AsyncCli
     response = await client.put("/v1/projects", json={"name": "x"})
     assert_problem(response, 405)
     assert response.headers["allow"] == "POST" or "POST" in response.headers["allow"]
-    assert_problem(await client.post("/v1/tasks/0b7e6f0e-0000-4000-8000-000000000000", json={}), 405)
+    assert_problem(await client.post(f"/v1/tasks/{MISSING_ID}", json={}), 405)
 
 
 async def test_a_body_over_one_mib_is_a_413_problem(client: httpx.AsyncClient) -> None:
@@ -126,7 +125,7 @@ async def test_an_unhandled_exception_is_a_500_problem_that_leaks_nothing(
     assert body["request_id"] == "boom-1"
     for secret in ["hunter2", "SELECT", "Traceback", "RuntimeError", "boom()"]:
         assert secret not in response.text
-    assert [record.exc_info is not None for record in caplog.records if record.name == "app.errors"] == [True]
+    assert [record.exc_info is not None for record in caplog.records if record.name == "app.core.errors"] == [True]
 
 
 async def test_healthz_touches_no_database() -> None:

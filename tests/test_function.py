@@ -10,9 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, run_alembic, unique
 from tests.function_server import FunctionServer, serve_function
-from tests.helpers import assert_problem, fetchval
+from tests.helpers import ROOT, assert_problem, fetchval, run_alembic, unique
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +93,8 @@ def test_an_endpoint_that_raises_gives_one_500_problem_and_one_logged_traceback(
     _wait_for(lambda: any(entry.get("request_id") == request_id for entry in server.json_logs()))
     _wait_for(lambda: len([entry for entry in server.json_logs() if entry.get("request_id") == request_id]) >= 2)
     entries = {entry["logger"]: entry for entry in server.json_logs() if entry.get("request_id") == request_id}
-    assert sorted(entries) == ["app.access", "app.errors"]  # one error with its traceback, one access line
-    assert entries["app.errors"]["message"].count("Traceback") == 1
+    assert sorted(entries) == ["app.access", "app.core.errors"]  # one error with its traceback, one access line
+    assert entries["app.core.errors"]["message"].count("Traceback") == 1
     assert "Traceback" not in entries["app.access"]["message"]
     assert entries["app.access"]["httpRequest"]["status"] == 500
     output = "".join(server.output)

@@ -8,8 +8,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import _libpq_url, unique
-from tests.helpers import assert_problem, error_locations, fetch, fetchval
+from tests.helpers import assert_problem, error_locations, fetch, fetchval, libpq_url, unique
 from tests.identity_fakes import Issuer
 
 
@@ -71,7 +70,7 @@ async def test_the_same_key_on_another_endpoint_is_422(client: httpx.AsyncClient
 
 async def test_a_repeat_while_the_first_is_in_progress_is_409(client: httpx.AsyncClient, database_url: str) -> None:
     headers, name = key(), unique("busy")
-    holder = await asyncpg.connect(_libpq_url(database_url))
+    holder = await asyncpg.connect(libpq_url(database_url))
     try:  # hold the key's lock, as a first request still running would
         await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", f"\n{headers['Idempotency-Key']}")
         response = await client.post("/v1/projects", json={"name": name}, headers=headers)
@@ -97,14 +96,17 @@ async def test_a_failed_request_is_not_remembered(
     client: httpx.AsyncClient, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 500 inside the write's transaction rolls back the write and the record: the retry creates."""
-    from app import idempotency
+    from app.core import idempotency
 
     headers, name = key(), unique("fail")
 
-    def explode(resource: Any) -> str:
-        raise RuntimeError("injected between the insert and the commit")
+    remember = idempotency.Idempotency.remember
 
-    monkeypatch.setattr(idempotency, "entity_tag", explode)
+    async def remember_then_fail(self: idempotency.Idempotency, connection: Any, response: Any) -> None:
+        await remember(self, connection, response)
+        raise RuntimeError("injected between the record and the commit")
+
+    monkeypatch.setattr(idempotency.Idempotency, "remember", remember_then_fail)
     failed = await client.post("/v1/projects", json={"name": name}, headers=headers)
     monkeypatch.undo()
     assert_problem(failed, 500)

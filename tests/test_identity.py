@@ -10,11 +10,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from app import tokens
 from app.api import create_app
-from app.settings import Settings
-from tests.conftest import unique
-from tests.helpers import assert_problem
+from app.core import tokens
+from app.core.settings import Settings
+from tests.helpers import assert_problem, unique
 from tests.identity_fakes import AUDIENCE, Issuer, SigningKey
 
 
@@ -235,7 +234,7 @@ def test_pyjwt_is_not_loaded_without_authentication() -> None:
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     code = "import sys, main; print('jwt' in sys.modules)"
     env = {"DATABASE_URL": "postgresql+asyncpg://u@h/d", "PYTHONPATH": str(ROOT)}

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.logs import CloudLoggingFormatter, TextFormatter
-from tests.conftest import unique
+from app.core.logs import CloudLoggingFormatter, TextFormatter
+from tests.helpers import unique
 from tests.identity_fakes import Issuer
 
 

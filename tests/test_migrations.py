@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 from sqlmodel import SQLModel
 
-import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from tests.conftest import run_alembic
-from tests.helpers import public_tables
+import app.api  # noqa: F401  (imports every resource, which registers its tables)
+from tests.helpers import public_tables, run_alembic
 
 
 def test_upgrade_check_downgrade_upgrade_round_trip(create_database: Callable[[], str]) -> None:

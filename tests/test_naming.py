@@ -9,14 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from app.settings import Settings
-from tests.conftest import ROOT
+from app.core.settings import Settings
+from tests.helpers import ROOT
 
 
 def _names(root: Path) -> dict[str, str]:
     bootstrap = (root / "scripts" / "bootstrap.sh").read_text()
     cloudbuild = yaml.safe_load((root / "cloudbuild.yaml").read_text())["substitutions"]
-    settings_source = (root / "app" / "settings.py").read_text()
+    settings_source = (root / "app" / "core" / "settings.py").read_text()
     return {
         "pyproject": tomllib.loads((root / "pyproject.toml").read_text())["project"]["name"],
         "settings": re.search(r'service_name: str = Field\(default="([^"]+)"', settings_source).group(1),  # type: ignore[union-attr]

@@ -4,7 +4,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import unique
+from tests.helpers import unique
 
 
 async def _walk(client: httpx.AsyncClient, url: str, params: dict[str, Any], on_page: Any = None) -> list[str]:

@@ -6,8 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import unique
-from tests.helpers import assert_problem, error_locations
+from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
 RFC3339_WITH_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -65,7 +64,7 @@ async def test_create_accepts_the_longest_valid_values(client: httpx.AsyncClient
 
 
 async def test_create_rejects_unknown_and_server_owned_fields(client: httpx.AsyncClient) -> None:
-    for field, value in [("colour", "red"), ("id", "0b7e6f0e-0000-4000-8000-000000000000"), ("version", 9)]:
+    for field, value in [("colour", "red"), ("id", MISSING_ID), ("version", 9)]:
         response = await client.post("/v1/projects", json={"name": unique(), field: value})
         assert ["body", field] in error_locations(assert_problem(response, 422))
 
@@ -111,7 +110,7 @@ async def test_read_with_a_stale_if_none_match_gives_200(client: httpx.AsyncClie
 
 
 async def test_read_of_a_missing_project_is_404(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/projects/0b7e6f0e-0000-4000-8000-000000000000")
+    response = await client.get(f"/v1/projects/{MISSING_ID}")
     assert_problem(response, 404)
 
 
@@ -215,9 +214,7 @@ async def test_patch_with_if_match_star_requires_only_existence(
 ) -> None:
     response = await client.patch(f"/v1/projects/{project['id']}", json={"description": "x"}, headers={"If-Match": "*"})
     assert response.status_code == 200
-    missing = await client.patch(
-        "/v1/projects/0b7e6f0e-0000-4000-8000-000000000000", json={"description": "x"}, headers={"If-Match": "*"}
-    )
+    missing = await client.patch(f"/v1/projects/{MISSING_ID}", json={"description": "x"}, headers={"If-Match": "*"})
     assert_problem(missing, 404)
 
 
@@ -245,7 +242,7 @@ async def test_two_concurrent_patches_with_the_same_if_match_never_both_win(clie
 
 
 async def test_patch_of_a_missing_project_is_404(client: httpx.AsyncClient) -> None:
-    response = await client.patch("/v1/projects/0b7e6f0e-0000-4000-8000-000000000000", json={"description": "x"})
+    response = await client.patch(f"/v1/projects/{MISSING_ID}", json={"description": "x"})
     assert_problem(response, 404)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_alembic
 from tests.function_server import FunctionServer, serve_function
+from tests.helpers import ROOT, run_alembic
 
 MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25")
 CHECKS = "not_a_server_error,app_answers_conform"

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from app.settings import SettingsError, load_settings
-from tests.conftest import ROOT
+from app.core.settings import SettingsError, load_settings
+from tests.helpers import ROOT
 
 URL = "postgresql+asyncpg://u@h/db"
 

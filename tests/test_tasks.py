@@ -6,10 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import unique
-from tests.helpers import assert_problem, error_locations
-
-MISSING = "0b7e6f0e-0000-4000-8000-000000000000"
+from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
 
 async def test_create_returns_201_with_defaults_location_and_etag(
@@ -32,8 +29,8 @@ async def test_create_stores_every_field(client: httpx.AsyncClient, project: dic
 
 
 async def test_create_under_a_missing_project_is_404(client: httpx.AsyncClient) -> None:
-    response = await client.post(f"/v1/projects/{MISSING}/tasks", json={"title": "orphan"})
-    assert MISSING in assert_problem(response, 404)["detail"]
+    response = await client.post(f"/v1/projects/{MISSING_ID}/tasks", json={"title": "orphan"})
+    assert MISSING_ID in assert_problem(response, 404)["detail"]
 
 
 @pytest.mark.parametrize(
@@ -52,7 +49,7 @@ async def test_create_under_a_missing_project_is_404(client: httpx.AsyncClient) 
         ({"title": "t", "priority": 1.5}, "priority"),
         ({"title": "t", "due_date": "28/02/2027"}, "due_date"),
         ({"title": "t", "due_date": "2027-02-30"}, "due_date"),
-        ({"title": "t", "project_id": MISSING}, "project_id"),
+        ({"title": "t", "project_id": MISSING_ID}, "project_id"),
         ({"title": "t", "version": 3}, "version"),
     ],
 )
@@ -90,7 +87,7 @@ async def test_list_of_an_empty_project_is_an_empty_page(client: httpx.AsyncClie
 
 
 async def test_list_of_a_missing_project_is_404(client: httpx.AsyncClient) -> None:
-    assert_problem(await client.get(f"/v1/projects/{MISSING}/tasks"), 404)
+    assert_problem(await client.get(f"/v1/projects/{MISSING_ID}/tasks"), 404)
 
 
 async def test_read_returns_the_task_and_304_when_unchanged(client: httpx.AsyncClient, task: dict[str, Any]) -> None:
@@ -102,7 +99,7 @@ async def test_read_returns_the_task_and_304_when_unchanged(client: httpx.AsyncC
 
 
 async def test_read_of_a_missing_or_malformed_task(client: httpx.AsyncClient) -> None:
-    assert_problem(await client.get(f"/v1/tasks/{MISSING}"), 404)
+    assert_problem(await client.get(f"/v1/tasks/{MISSING_ID}"), 404)
     assert_problem(await client.get("/v1/tasks/42"), 422)
 
 
@@ -145,7 +142,7 @@ async def test_patch_moves_a_task_to_another_project(client: httpx.AsyncClient, 
 async def test_patch_to_a_missing_project_is_422_and_changes_nothing(
     client: httpx.AsyncClient, task: dict[str, Any]
 ) -> None:
-    response = await client.patch(f"/v1/tasks/{task['id']}", json={"project_id": MISSING, "title": "moved"})
+    response = await client.patch(f"/v1/tasks/{task['id']}", json={"project_id": MISSING_ID, "title": "moved"})
     assert ["body", "project_id"] in error_locations(assert_problem(response, 422))
     assert (await client.get(f"/v1/tasks/{task['id']}")).json() == task
 
@@ -171,7 +168,7 @@ async def test_two_concurrent_task_patches_with_the_same_if_match_never_both_win
 
 
 async def test_patch_of_a_missing_task_is_404(client: httpx.AsyncClient) -> None:
-    assert_problem(await client.patch(f"/v1/tasks/{MISSING}", json={"title": "x"}), 404)
+    assert_problem(await client.patch(f"/v1/tasks/{MISSING_ID}", json={"title": "x"}), 404)
 
 
 async def test_delete_returns_204_then_404(client: httpx.AsyncClient, task: dict[str, Any]) -> None:

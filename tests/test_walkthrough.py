@@ -3,15 +3,19 @@
 A copy of the checkout gets every block of the page whose fence carries an instruction, in page order:
 
 - ```python new=PATH      writes PATH, which must not exist yet;
-- ```python append=PATH   adds the block to the end of PATH, after two blank lines;
 - ```diff edit=PATH       hunks separated by `@@` lines; in each, the ` ` and `-` lines must occur in
                           PATH exactly once, as whole lines, and are replaced by the ` ` and `+` lines;
-- ```sh run               runs its alembic commands against a fresh database (DATABASE_URL settings
-                          give way to it; any other command is an error).
+- ```sh run               runs its `make migration NAME=...` against a fresh database (no other
+                          command is allowed).
 
 Then the copy must hold the generated migration, pass ruff (on every file the page touched) and mypy
 (strict, as configured), and pass the page's tests and the migration round trip, run as a nested
 pytest against this session's PostgreSQL server.
+
+A repository where someone has followed the page (committed or not, with or without history)
+already holds its files: the copy first takes them out again (`unapply`), so the page is tested
+from the state it starts from. Only when that cannot be done because the files were changed since
+is the test skipped, saying so; on a repository that never followed the page, any mismatch fails.
 """
 
 import asyncio
@@ -26,8 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tests.conftest import ROOT
-from tests.helpers import public_tables
+import pytest
+
+from tests.helpers import ROOT, public_tables
 
 DOC = ROOT / "docs" / "adding-a-resource.md"
 DOC_TESTS = "tests/test_comments.py"
@@ -36,8 +41,7 @@ NESTED_TESTS = [DOC_TESTS, "tests/test_migrations.py"]
 MIN_PASSED = 33  # what these collect today: fewer means tests were lost
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 300
-# What the page must do with alembic, in this order (other commands may come between).
-ALEMBIC_STEPS = [["upgrade", "head"], ["revision", "--autogenerate"], ["upgrade", "head"], ["check"]]
+MIGRATION_CREATES = re.compile(r'op\.create_table\(\s*"comments",')
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ def instruction_blocks(markdown: str) -> list[Block]:
             if words:
                 assert len(words) == 1, f"{DOC.name}:{start}: one instruction per block, not {words}"
                 action, _, target = words[0].partition("=")
-                assert action in {"new", "append", "edit", "run"}, f"{DOC.name}:{start}: unknown {words[0]!r}"
+                assert action in {"new", "edit", "run"}, f"{DOC.name}:{start}: unknown {words[0]!r}"
                 assert (action == "run") == (not target), f"{DOC.name}:{start}: {words[0]!r} needs a path, or none"
                 path = PurePosixPath(target)
                 assert not path.is_absolute() and ".." not in path.parts, f"{DOC.name}:{start}: {target} escapes"
@@ -99,6 +103,10 @@ def _hunks(block: Block) -> list[tuple[str, str]]:
     return hunks
 
 
+def _whole_lines(lines: str, text: str) -> list[re.Match[str]]:
+    return list(re.finditer("^" + re.escape(lines), text, flags=re.MULTILINE))
+
+
 def apply(block: Block, repository: Path) -> Path:
     path = repository / block.target
     if block.action == "new":
@@ -108,38 +116,46 @@ def apply(block: Block, repository: Path) -> Path:
         return path
     assert path.is_file(), f"{block.where()}: no such file"
     text = path.read_text()
-    if block.action == "append":
-        path.write_text(text.rstrip("\n") + "\n\n\n" + block.text)
-        return path
     for old, new in _hunks(block):
-        found = list(re.finditer("^" + re.escape(old), text, flags=re.MULTILINE))  # whole lines only
+        found = _whole_lines(old, text)
         assert len(found) == 1, f"{block.where()}: these lines occur {len(found)} times, not once:\n{old}"
         text = text[: found[0].start()] + new + text[found[0].end() :]
     path.write_text(text)
     return path
 
 
-def alembic_commands(block: Block) -> list[list[str]]:
-    """The arguments of each alembic command of a run block (the database is the test's own)."""
-    commands = []
+def unapply(blocks: list[Block], repository: Path) -> bool:
+    """Take out what following the page added (its files, edits and migration); whether there was any."""
+    found = False
+    for block in blocks:
+        path = repository / block.target
+        if block.action == "new" and path.exists():
+            path.unlink()
+            found = True
+        elif block.action == "edit":
+            text = path.read_text()
+            for old, new in _hunks(block):
+                undone = text.replace(new, old)
+                if text.count(new) == 1 and len(_whole_lines(old, undone)) == 1:  # applying it again would work
+                    text, found = undone, True
+            path.write_text(text)
+    for migration in (repository / "migrations" / "versions").glob("*.py"):
+        if MIGRATION_CREATES.search(migration.read_text()):
+            migration.unlink()
+            found = True
+    return found
+
+
+def migration_names(block: Block) -> list[str]:
+    """The NAME of each `make migration NAME=...` line of a run block (the only command allowed)."""
+    names = []
     for line in block.text.splitlines():
         words = shlex.split(line, comments=True)
-        if words[:1] == ["export"]:
-            words = words[1:]
-        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
-            assert words.pop(0).startswith("DATABASE_URL="), f"{block.where()}: only DATABASE_URL is set: {line}"
         if words:
-            assert Path(words[0]).name == "alembic", f"{block.where()}: not an alembic command: {line}"
-            commands.append(words[1:])
-    return commands
-
-
-def _follows(commands: list[list[str]], steps: list[list[str]]) -> bool:
-    """`steps` occur in `commands` in order; each step's words after the first may come in any order."""
-    remaining = iter(commands)
-    return all(
-        any(command[:1] == step[:1] and set(step[1:]) <= set(command[1:]) for command in remaining) for step in steps
-    )
+            assert words[:2] == ["make", "migration"] and len(words) == 3, f"{block.where()}: not allowed: {line}"
+            assert words[2].startswith("NAME="), f"{block.where()}: {line}"
+            names.append(words[2].removeprefix("NAME="))
+    return names
 
 
 def copy_checkout(destination: Path) -> Path:
@@ -173,24 +189,32 @@ def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_it
 ) -> None:
     repository = copy_checkout(tmp_path / "repository")
     versions = repository / "migrations" / "versions"
+    blocks = instruction_blocks(DOC.read_text())
+    followed = unapply(blocks, repository)
     existing_migrations = set(versions.glob("*.py"))
     database_url = create_database()
-    alembic_env = os.environ | {"DATABASE_URL": database_url}
-    alembic_env.pop("INSTANCE_CONNECTION_NAME", None)
+    migration_env = os.environ | {"DATABASE_URL": database_url}  # the test's database, not .data/postgres
+    migration_env.pop("INSTANCE_CONNECTION_NAME", None)
     changed: set[Path] = set()
-    alembic_run: list[list[str]] = []
-    for block in instruction_blocks(DOC.read_text()):
-        if block.action != "run":
-            changed.add(apply(block, repository))
+    for block in blocks:
+        if block.action == "run":
+            for name in migration_names(block):
+                _run([sys.executable, "scripts/new_migration.py", name], repository, migration_env)
             continue
-        for arguments in alembic_commands(block):
-            _run([sys.executable, "-m", "alembic", *arguments], repository, alembic_env)
-            alembic_run.append(arguments)
-    assert _follows(alembic_run, ALEMBIC_STEPS), f"expected {ALEMBIC_STEPS} in order, the page runs {alembic_run}"
+        try:
+            changed.add(apply(block, repository))
+        except AssertionError as mismatch:
+            if followed:  # the user's copies of the page's files have moved on since they followed it
+                pytest.skip(f"this repository followed the page and has changed its files since: {mismatch}")
+            raise
     assert repository / DOC_TESTS in changed, f"the page does not write {DOC_TESTS}"
 
     (migration,) = set(versions.glob("*.py")) - existing_migrations
-    assert re.search(r'op\.create_table\(\s*"comments",', migration.read_text()), migration.read_text()
+    assert MIGRATION_CREATES.search(migration.read_text()), migration.read_text()
+    _run([sys.executable, "-m", "alembic", "upgrade", "head"], repository, migration_env)
+    assert "No new upgrade operations detected" in _run(
+        [sys.executable, "-m", "alembic", "check"], repository, migration_env
+    )
     assert "comments" in asyncio.run(public_tables(database_url))
 
     # Types are checked (the slowest step without a cache) while ruff and the page's tests run.

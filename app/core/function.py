@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from app.once import Once
+from app.core.once import Once
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import jwt
 
-from app.auth import InvalidToken, KeysUnavailable
+from app.core.errors import ServiceUnavailable, Unauthenticated
+from app.core.once import Once
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +27,13 @@ CLOCK_SKEW_S = 30
 
 
 class KeySet:
-    """A JWKS cache. Keys are fetched off the event loop; concurrent misses share one fetch."""
+    """A JWKS cache. Keys are fetched off the event loop, at most once every MIN_REFETCH_S."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -math.inf
-        self._fetching: asyncio.Task[None] | None = None
-        self.fetches = 0
+        self._fetch_once = Once(self._fetch)  # concurrent misses share one fetch
 
     async def key_for(self, kid: str | None) -> jwt.PyJWK | None:
         key = self._lookup(kid)
@@ -48,17 +48,12 @@ class KeySet:
         return self._keys.get(kid) if kid is not None else None
 
     async def _refresh(self) -> None:
-        if self._fetching is None:  # no await before the assignment: one fetch for all callers
-            self._fetching = asyncio.ensure_future(self._fetch())
-        fetching = self._fetching
         try:
-            await asyncio.shield(fetching)
+            await self._fetch_once()
         finally:
-            if fetching.done() and self._fetching is fetching:
-                self._fetching = None
+            self._fetch_once.reset()  # the next miss (after MIN_REFETCH_S) fetches again
 
     async def _fetch(self) -> None:
-        self.fetches += 1
         try:
             document = await asyncio.to_thread(_download_json, self.url)  # never block the loop
             keys = {}
@@ -67,7 +62,7 @@ class KeySet:
                     keys[entry["kid"]] = jwt.PyJWK(entry)
         except Exception as error:
             logger.warning("cannot fetch the signing keys from %s: %s", self.url, type(error).__name__)
-            raise KeysUnavailable("the token signing keys cannot be fetched right now") from None
+            raise ServiceUnavailable("the token signing keys cannot be fetched right now") from None
         finally:
             self._fetched_at = time.monotonic()  # a failed fetch also counts, or an outage would hammer it
         self._keys = keys
@@ -78,6 +73,14 @@ def _download_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (a configured https URL)
         document: dict[str, Any] = json.loads(response.read())
         return document
+
+
+_REFUSALS = [  # why a token is refused, in words for the client (never the token itself)
+    (jwt.ExpiredSignatureError, "the token has expired"),
+    (jwt.InvalidAudienceError, "the token is not meant for this service (audience)"),
+    (jwt.InvalidIssuerError, "the token's issuer is not accepted"),
+    (jwt.InvalidSignatureError, "the token's signature is not valid"),
+]
 
 
 class TokenVerifier:
@@ -91,13 +94,13 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
-            raise InvalidToken("the token is not a well-formed JWT") from None
+            raise Unauthenticated("the token is not a well-formed JWT", token_refused=True) from None
         key = await self.keys.key_for(header.get("kid"))
         if key is None:
-            raise InvalidToken("the token was signed with an unknown key")
+            raise Unauthenticated("the token was signed with an unknown key", token_refused=True)
         algorithm = header.get("alg")
         if algorithm not in ALGORITHMS or algorithm != (key.algorithm_name or algorithm):
-            raise InvalidToken("the token's signing algorithm is not accepted")
+            raise Unauthenticated("the token's signing algorithm is not accepted", token_refused=True)
         try:
             claims = jwt.decode(
                 token,
@@ -108,16 +111,10 @@ class TokenVerifier:
                 leeway=CLOCK_SKEW_S,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("the token has expired") from None
-        except jwt.InvalidAudienceError:
-            raise InvalidToken("the token is not meant for this service (audience)") from None
-        except jwt.InvalidIssuerError:
-            raise InvalidToken("the token's issuer is not accepted") from None
-        except jwt.InvalidSignatureError:
-            raise InvalidToken("the token's signature is not valid") from None
         except jwt.InvalidTokenError as error:
-            raise InvalidToken(f"the token is not valid ({type(error).__name__})") from None
+            fallback = f"the token is not valid ({type(error).__name__})"
+            reason = next((why for kind, why in _REFUSALS if isinstance(error, kind)), fallback)
+            raise Unauthenticated(reason, token_refused=True) from None
         email = claims.get("email")
         if isinstance(email, str) and claims.get("email_verified") is True:
             return email

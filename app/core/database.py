@@ -1,37 +1,36 @@
-"""The async engine (one per process, made lazily in the serving loop) and per-request sessions.
+"""The process's connection pool (made lazily, in the serving loop) and a connection per request.
 
-The engine reaches PostgreSQL either at DATABASE_URL or, with INSTANCE_CONNECTION_NAME, through
-the Cloud SQL Python Connector with IAM database authentication (`app/cloud_sql.py`). Before the
-first session is handed out, one connection proves the identity works; if it does not, requests
-get a 503 problem and the next request tries again.
+The pool reaches PostgreSQL either at DATABASE_URL or, with INSTANCE_CONNECTION_NAME, through the
+Cloud SQL Python Connector with IAM database authentication (`app/core/cloud_sql.py`). Before the
+first connection is handed out, one proves the identity works; if it does not, requests get a 503
+problem and the next request tries again.
+
+Requests run SQL on the asyncpg connection itself, checked out of SQLAlchemy's pool: statements are
+compiled once from the SQLModel tables (`app/core/sql.py`), so per request there is no ORM session,
+no statement compilation and no result wrapping, only asyncpg.
 """
 
 import asyncio
+import importlib
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from types import ModuleType
-from typing import Annotated, Any
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, cast
 
 import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import event, make_url, text
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy import event, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
-from app.db_errors import (
-    TRANSIENT_CONNECT_ERRORS,
-    DatabaseUnavailable,
-    breaks_the_connection,
-    causes,
-    unavailable_reason,
-)
-from app.once import Once
-from app.settings import Settings
+from app.core.db_errors import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
+from app.core.logs import audited_transaction
+from app.core.once import Once
+from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,52 +39,62 @@ CONNECT_BACKOFF_S = 0.1  # full jitter: sleep uniform(0, 0.1 * 2**attempt) betwe
 IDLE_PING_AFTER_S = 10.0  # a pooled connection unused this long is pinged before it is handed out
 
 
-def _load_cloud_sql(settings: Settings) -> ModuleType | None:
-    """The connector costs about half a second of imports: load it only when it is used. This
-    runs in create_app(), so on Cloud Functions it happens in the preload, before the fork."""
-    if not settings.instance_connection_name:
-        return None
-    from app import cloud_sql
-
-    return cloud_sql
-
-
 class Database:
     """Owns the process's engine (and connector): made on first use, inside the serving loop."""
 
     def __init__(self, settings: Settings, *, pooled: bool = True) -> None:
         self._settings = settings
         self._pooled = pooled
-        self._cloud_sql = _load_cloud_sql(settings)
+        # The connector costs about half a second of imports: load it only when it is used. This
+        # runs in create_app(), so on Cloud Functions it happens in the preload, before the fork.
+        self._cloud_sql = importlib.import_module("app.core.cloud_sql") if settings.instance_connection_name else None
         self._connector: Any = None
         self._engine: AsyncEngine | None = None
-        self._sessions: async_sessionmaker[AsyncSession] | None = None
-        self._reads: async_sessionmaker[AsyncSession] | None = None
-        self.ready = Once(self._connect_and_verify)  # `await database.ready()` -> the engine
+        self.engine = Once(self._connect_and_verify)  # `await database.engine()`: made and proven once
+        instance, user = settings.instance_connection_name, settings.db_iam_user
+        self.target = f"Cloud SQL instance {instance} as {user}" if instance else "the DATABASE_URL server"  # for logs
 
-    @property
-    def target(self) -> str:
-        """Where and as whom we connect, for logs (never a password: there is none)."""
-        settings = self._settings
-        if settings.instance_connection_name:
-            return f"Cloud SQL instance {settings.instance_connection_name} as {settings.db_iam_user}"
-        return "the DATABASE_URL server"
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection in autocommit: each statement is its own transaction (reads)."""
+        engine = await self.engine()
+        try:
+            pooled: PoolProxiedConnection = await greenlet_spawn(engine.sync_engine.raw_connection)
+        except Exception as error:  # the pool is exhausted, or a new connection failed
+            reason = describe(error, self._cloud_sql)
+            logger.warning("no database connection: %s", reason)
+            raise DatabaseUnavailable(reason) from error
+        try:
+            yield cast(asyncpg.Connection, pooled.driver_connection)
+        except BaseException as error:
+            # Never hand a broken connection to the next request, nor one whose statement was
+            # cancelled midway (a timeout or shutdown cancels the task, not the statement).
+            if not isinstance(error, Exception) or breaks_the_connection(error):
+                await greenlet_spawn(pooled.invalidate, error if isinstance(error, Exception) else None)
+            raise
+        finally:
+            await greenlet_spawn(pooled.close)  # back to the pool (a no-op rollback: no transaction is open)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside one transaction, committed when the block ends without error;
+        the audit entries of its writes are written after the commit."""
+        async with self.connection() as connection:
+            with audited_transaction():
+                async with connection.transaction():
+                    yield connection
 
     async def _connect_and_verify(self) -> AsyncEngine:
         try:
             engine = self._engine or await self._create_engine()
             self._engine = engine
             async with engine.connect() as connection:
-                user = (await connection.execute(text("SELECT current_user"))).scalar()
+                user = (await connection.exec_driver_sql("SELECT current_user")).scalar()
         except Exception as error:
-            reason = self._describe(error)
+            reason = describe(error, self._cloud_sql)
             logger.error("cannot connect to %s: %s", self.target, reason)
             raise DatabaseUnavailable(reason) from error
         logger.info("connected to %s (database user %s)", self.target, user)
-        self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
-        # A read is one SELECT: in autocommit it needs no BEGIN and no ROLLBACK round trip.
-        autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._reads = async_sessionmaker(autocommit, class_=AsyncSession, expire_on_commit=False)
         return engine
 
     async def _create_engine(self) -> AsyncEngine:
@@ -117,33 +126,17 @@ class Database:
             pool_timeout=settings.db_pool_timeout_s,  # wait this long for a free connection, then fail
             pool_recycle=1800,  # reopen connections older than 30 min (proxies and failovers drop them)
             # Pre-ping, but only connections that sat idle (see _ping_if_idle): pinging every
-            # checkout costs three round trips per request under load, where sockets are fresh.
+            # checkout costs a round trip per request under load, where sockets are fresh.
             pool_pre_ping=False,
             **options,
         )
-        event.listen(engine.sync_engine, "handle_error", _invalidate_broken_connections)
         event.listen(engine.sync_engine.pool, "checkin", _note_idle_since)
         event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle)
         return engine
 
-    def _describe(self, error: BaseException) -> str:
-        """Why connecting failed, in words that are safe to show a client."""
-        if self._cloud_sql is not None:
-            for cause in causes(error):
-                if reason := self._cloud_sql.describe_failure(cause):
-                    return str(reason)
-        return unavailable_reason(error) or f"connecting failed ({type(error).__name__})"
-
-    async def session(self, *, read_only: bool = False) -> AsyncSession:
-        if self._sessions is None or self._reads is None:  # first use in this process
-            await self.ready()
-            assert self._sessions is not None and self._reads is not None
-        return self._reads() if read_only else self._sessions()
-
     async def dispose(self) -> None:
         """Close the pool, then the connector (which the pool's connections came through)."""
-        self.ready.reset()
-        self._sessions = self._reads = None  # the next session starts over, with a new engine
+        self.engine.reset()  # the next request starts over, with a new engine
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -168,11 +161,6 @@ def _ping_if_idle(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any
         raise DisconnectionError("a pooled connection died while idle") from error  # the pool reconnects
 
 
-def _invalidate_broken_connections(context: ExceptionContext) -> None:
-    if breaks_the_connection(context.original_exception):
-        context.is_disconnect = True  # discard this connection, and the pool's others (a restart?)
-
-
 def _with_retries(
     connect: Callable[[], Awaitable[asyncpg.Connection]],
 ) -> Callable[[], Awaitable[asyncpg.Connection]]:
@@ -195,19 +183,4 @@ async def get_database(request: Request) -> Database:  # async: a sync dependenc
     return database
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session for a write: one transaction, committed by the service."""
-    async with await request.app.state.database.session() as session:
-        yield session
-
-
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session for a read-only request: autocommit, no transaction to open or roll back."""
-    async with await request.app.state.database.session(read_only=True) as session:
-        yield session
-
-
-# scope="function": the session closes when the route function returns, not after the response
-# is sent, so its pooled connection is free again while the response is serialized and written.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]

@@ -9,7 +9,8 @@ import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,10 @@ def trace_of(headers: Headers) -> tuple[str | None, str | None]:
 
 
 def audit(*, action: str, resource_type: str, resource_id: object, version: int, principal: str | None) -> None:
-    """One entry per write, at NOTICE, with a stable `audit` object for log-based metrics and sinks."""
+    """One entry per write, at NOTICE, with a stable `audit` object for log-based metrics and sinks.
+
+    Inside `audited_transaction`, the entry waits for the commit: a rolled-back write is not audited.
+    """
     context = current_request.get()
     entry = {
         "principal": principal,
@@ -60,7 +64,26 @@ def audit(*, action: str, resource_type: str, resource_id: object, version: int,
         "request_id": context.request_id if context else None,
     }
     message = f"{action} {resource_type} {resource_id} v{version} by {principal or 'anonymous'}"
-    audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
+    if (held := _held_audit.get()) is not None:
+        held.append((message, entry))
+    else:
+        audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
+
+
+_held_audit: ContextVar[list[tuple[str, dict[str, Any]]] | None] = ContextVar("held_audit", default=None)
+
+
+@contextmanager
+def audited_transaction() -> Iterator[None]:
+    """Wrap a transaction: the audit entries of its writes are written when it ends without error."""
+    held: list[tuple[str, dict[str, Any]]] = []
+    token = _held_audit.set(held)
+    try:
+        yield
+    finally:
+        _held_audit.reset(token)
+    for message, entry in held:  # not reached when the transaction raised (and so rolled back)
+        audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
 
 
 def log_access(scope: MutableMapping[str, Any], status: int, response_size: int, latency_s: float) -> None:

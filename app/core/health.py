@@ -2,14 +2,12 @@
 
 import asyncio
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from sqlalchemy import text
+from fastapi import APIRouter
 
-from app.database import Database, get_database
-from app.db_errors import DatabaseUnavailable
-from app.openapi import problem_responses
+from app.core.database import DatabaseDep
+from app.core.db_errors import DatabaseUnavailable
+from app.core.openapi import problem_responses
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -24,13 +22,12 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(database: Annotated[Database, Depends(get_database)]) -> dict[str, str]:
+async def readyz(database: DatabaseDep) -> dict[str, str]:
     """Readiness: the database answers; 503 with `Retry-After` when it does not."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            engine = await database.ready()
-            async with engine.connect() as connection:
-                await connection.execute(text("SELECT 1"))
+            async with database.connection() as connection:
+                await connection.execute("SELECT 1")
     except DatabaseUnavailable:
         raise
     except Exception as error:  # any failure to answer means "not ready", whatever its cause

@@ -9,8 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import http_problem
-from app.logs import RequestContext, current_request, log_access, trace_of
+from app.core.errors import http_problem
+from app.core.logs import RequestContext, current_request, log_access, trace_of
 
 MAX_BODY_BYTES = 1024 * 1024
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")

@@ -1,19 +1,20 @@
 """Typed errors and the one place that turns every failure into an RFC 9457 problem document."""
 
 import logging
+import uuid
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_S = 5  # what a 503 asks a client to wait before trying again
 
 
 class FieldError(BaseModel):
@@ -35,11 +36,12 @@ class ProblemDocument(BaseModel):
 
 
 class ProblemError(Exception):
-    """An expected failure a client can act on; subclasses fix status, type and title."""
+    """A failure a client can act on; subclasses fix status, type and title (Starlette's own errors
+    and the 500 are ProblemErrors made on the spot, with `about:blank` and the status phrase)."""
 
-    status: ClassVar[int]
-    type: ClassVar[str]
-    title: ClassVar[str]
+    status: int = 500
+    type: str = "about:blank"
+    title: str = "Internal Server Error"
 
     def __init__(
         self, detail: str, *, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
@@ -48,6 +50,20 @@ class ProblemError(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers
+
+
+class Unauthenticated(ProblemError):
+    """401 with an RFC 6750 challenge: bare when no token came, with the reason when one was refused."""
+
+    status, type, title = 401, "urn:problem-type:unauthenticated", "Authentication required"
+
+    def __init__(self, detail: str, *, token_refused: bool = False) -> None:
+        challenge = f'Bearer error="invalid_token", error_description="{detail}"' if token_refused else "Bearer"
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ProblemError):
+    status, type, title = 403, "urn:problem-type:forbidden", "Not allowed"
 
 
 class NotFound(ProblemError):
@@ -73,46 +89,30 @@ class InvalidRequest(ProblemError):
 class ServiceUnavailable(ProblemError):
     status, type, title = 503, "urn:problem-type:unavailable", "Service temporarily unavailable"
 
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
-def request_id_of(request: Request) -> str | None:
-    return getattr(request.state, "request_id", None)
 
-
-def problem_response(
-    request: Request,
-    *,
-    status: int,
-    title: str,
-    detail: str,
-    type_: str = "about:blank",
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    if errors is not None:
-        body["errors"] = errors
-    request_id = request_id_of(request)
-    if request_id:
-        body["request_id"] = request_id
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+def not_found(resource_name: str, resource_id: uuid.UUID) -> NotFound:
+    return NotFound(f"{resource_name} {resource_id} does not exist")
 
 
 def response_for(request: Request, problem: ProblemError) -> JSONResponse:
-    return problem_response(
-        request,
-        status=problem.status,
+    request_id: str | None = getattr(request.state, "request_id", None)
+    document = ProblemDocument(
+        type=problem.type,
         title=problem.title,
+        status=problem.status,
         detail=problem.detail,
-        type_=problem.type,
-        errors=problem.errors,
-        headers=problem.headers,
+        instance=request.url.path,
+        errors=[FieldError.model_validate(error) for error in problem.errors] if problem.errors is not None else None,
+        request_id=request_id,
     )
+    body = document.model_dump(exclude_none=True)
+    response = JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
+    if request_id:  # the 500 handler runs outside the middleware that stamps it on every other response
+        response.headers["X-Request-ID"] = request_id
+    return response
 
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
@@ -139,34 +139,18 @@ async def http_problem(request: Request, exc: Exception) -> JSONResponse:
         return response_for(request, InvalidRequest("the body is not valid JSON", errors=[error]))
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else f"{phrase}: {request.method} {request.url.path}"
-    headers = dict(exc.headers) if exc.headers else None
-    return problem_response(request, status=exc.status_code, title=phrase, detail=detail, headers=headers)
-
-
-async def _on_integrity(request: Request, exc: Exception) -> JSONResponse:
-    """A constraint the services did not translate: still the client's conflict, never a 500."""
-    logger.warning("unmapped integrity error: %s", getattr(exc, "orig", exc).__class__.__name__)
-    return response_for(request, Conflict("the change conflicts with existing data"))
+    problem = ProblemError(detail, headers=dict(exc.headers) if exc.headers else None)
+    problem.status, problem.title = exc.status_code, phrase
+    return response_for(request, problem)
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    response = problem_response(
-        request,
-        status=500,
-        title="Internal Server Error",
-        detail="an unexpected error occurred; quote the request id when reporting it",
-    )
-    # This handler runs outside the middleware stack, so it stamps the request id itself.
-    request_id = request_id_of(request)
-    if request_id:
-        response.headers["X-Request-ID"] = request_id
-    return response
+    return response_for(request, ProblemError("an unexpected error occurred; quote the request id when reporting it"))
 
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(HTTPException, http_problem)
-    app.add_exception_handler(IntegrityError, _on_integrity)
     app.add_exception_handler(Exception, _on_unhandled)

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.errors import PROBLEM_JSON, ProblemDocument
+from app.core.errors import PROBLEM_JSON, ProblemDocument
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not Modified: the `If-None-Match` copy is current"}

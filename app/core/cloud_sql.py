@@ -15,7 +15,7 @@ import asyncpg
 import google.auth.exceptions
 from google.cloud.sql.connector import Connector, create_async_connector
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 
 async def open_connector(settings: Settings) -> Connector:

@@ -1,0 +1,118 @@
+"""What every resource's routes share on the HTTP side: ETags and the conditional headers, JSON
+answers, body media types.
+
+A tag is `"<id hex>.<version>"`: the version changes on every write, and the id makes a tag of one
+resource useless on another. `If-Match` guards writes, `If-None-Match` saves reads.
+
+Rows are rendered to JSON once, by orjson, straight from the database's Records: the route's
+`response_model` documents the shape in OpenAPI, and FastAPI does not validate a returned
+`Response` again.
+"""
+
+import re
+import uuid
+from email.message import Message
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+from fastapi import Header, Request, Response
+
+from app.core.errors import UnsupportedMediaType
+from app.core.sql import Row
+
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
+
+IfMatch = Annotated[str | None, Header(description="Write only if the resource still has this ETag")]
+IfNoneMatch = Annotated[str | None, Header(description="Answer 304 if the resource still has this ETag")]
+
+
+def entity_tag(row: Row) -> str:
+    return f'"{row["id"].hex}.{row["version"]}"'
+
+
+def _tags(header: str) -> list[tuple[bool, str]]:
+    """(weak, opaque tag) pairs; an unparseable header matches nothing."""
+    tags, position = [], 0
+    while position < len(header):
+        match = _ENTITY_TAG.match(header, position)
+        if match is None:
+            return []
+        tags.append((match.group(1) is not None, match.group(2)))
+        position = match.end()
+    return tags
+
+
+def accepted_versions(if_match: str | None, resource_id: uuid.UUID) -> frozenset[int] | None:
+    """The versions a write may replace: None when unconditional (no header, or `*`)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    versions = set()
+    for weak, tag in _tags(if_match):  # If-Match uses the strong comparison: weak tags never match
+        tag_id, _, version = tag.partition(".")
+        if not weak and tag_id == resource_id.hex and version.isdigit():
+            versions.add(int(version))
+    return frozenset(versions)
+
+
+def not_modified(if_none_match: str | None, current: str) -> bool:
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(f'"{tag}"' == current for _, tag in _tags(if_none_match))  # weak comparison
+
+
+def _encode(value: Any) -> Any:
+    """What orjson does not know natively: Records (as objects) and asyncpg's UUID subclass."""
+    if isinstance(value, asyncpg.Record):
+        return dict(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def render(content: Any) -> bytes:
+    return orjson.dumps(content, default=_encode, option=orjson.OPT_UTC_Z)
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return render(content)
+
+
+def resource_response(row: Row, *, status_code: int = 200, location: str | None = None) -> Response:
+    """One resource with its ETag (and, when created, its Location)."""
+    headers = {"ETag": entity_tag(row)}
+    if location is not None:
+        headers["Location"] = location
+    return JSON(row, status_code=status_code, headers=headers)
+
+
+def conditional_response(row: Row, if_none_match: str | None) -> Response:
+    """304 with the ETag when the client's copy is current, else the resource."""
+    tag = entity_tag(row)
+    if not_modified(if_none_match, tag):
+        return Response(status_code=304, headers={"ETag": tag})
+    return JSON(row, headers={"ETag": tag})
+
+
+def _media_type(request: Request) -> str:
+    header = request.headers.get("content-type")
+    if not header:
+        return ""
+    message = Message()
+    message["content-type"] = header
+    return message.get_content_type()  # lower-cased, parameters such as charset dropped
+
+
+async def require_json(request: Request) -> None:
+    if _media_type(request) != "application/json":
+        raise UnsupportedMediaType("send the body as application/json")
+
+
+async def require_json_or_merge_patch(request: Request) -> None:
+    if _media_type(request) not in ("application/json", "application/merge-patch+json"):
+        raise UnsupportedMediaType("send the body as application/merge-patch+json or application/json")

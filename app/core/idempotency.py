@@ -1,0 +1,131 @@
+"""Safe retries for POST: the `Idempotency-Key` header (IETF draft), as the contract describes it.
+
+The first response to a key is stored in the same transaction as the write it reports, so either
+both exist or neither does: a request that fails (5xx or otherwise) leaves no record, and its
+retry runs afresh. While a request holds a key, a transaction-scoped advisory lock marks it busy,
+so a concurrent repeat gets 409 instead of waiting. Keys are scoped per principal and kept 24 hours.
+"""
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Header, Request, Response
+from sqlalchemy import Index, SmallInteger, Text, bindparam, delete, func, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import Field, SQLModel
+
+from app.core.auth import PrincipalDep
+from app.core.errors import Conflict, InvalidRequest
+from app.core.models import SET_BY_SERVER, TIMESTAMP
+from app.core.sql import Query
+
+EXPIRED_ROWS_PER_WRITE = 20  # each remembered response also clears a few expired ones
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    """The first response to a POST sent with an Idempotency-Key, replayed for 24 hours."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    principal: str = Field(primary_key=True, max_length=320)  # "" when authentication is off
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)  # sha256 of method, path and canonical JSON body
+    status: int = Field(sa_type=SmallInteger)
+    body: str = Field(sa_type=Text)
+    location: str = Field(max_length=2048)
+    etag: str = Field(max_length=100)
+    created_at: datetime = Field(sa_type=TIMESTAMP, nullable=False, sa_column_kwargs=SET_BY_SERVER)
+
+
+_TABLE = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+_TTL = text("interval '24 hours'")
+_KEY = (_TABLE.c.principal == bindparam("principal"), _TABLE.c.key == bindparam("key"))
+_LOCK = Query(select(func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("lock_name"), 0))))
+_FIND = Query(select(_TABLE).where(*_KEY, _TABLE.c.created_at > func.now() - _TTL))
+_STORE = Query(
+    insert(_TABLE)
+    .values(
+        {name: bindparam(name) for name in ("principal", "key", "fingerprint", "status", "body", "location", "etag")}
+    )
+    .on_conflict_do_update(  # an expired record of the same key is replaced
+        index_elements=["principal", "key"],
+        set_={name: bindparam(name) for name in ("fingerprint", "status", "body", "location", "etag")}
+        | {"created_at": func.now()},
+    )
+)
+_EXPIRED = select(_TABLE.c.principal, _TABLE.c.key).where(_TABLE.c.created_at < func.now() - _TTL)
+_FORGET_SOME_EXPIRED = Query(
+    delete(_TABLE).where(
+        tuple_(_TABLE.c.principal, _TABLE.c.key).in_(_EXPIRED.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery())
+    )
+)
+
+
+class Idempotency:
+    """A POST's `Idempotency-Key`, if it sent one: `replay` the first answer, or `remember` this one."""
+
+    def __init__(self, *, principal: str, key: str | None, fingerprint: str) -> None:
+        self.principal = principal
+        self.key = key
+        self.fingerprint = fingerprint
+
+    async def replay(self, connection: asyncpg.Connection) -> Response | None:
+        """The first response to this key, or None when this request is the first (and now holds it)."""
+        if self.key is None:
+            return None
+        if not await _LOCK.fetchval(connection, lock_name=f"{self.principal}\n{self.key}"):
+            raise Conflict("a request with this Idempotency-Key is still in progress; retry later")
+        record = await _FIND.fetchrow(connection, principal=self.principal, key=self.key)
+        if record is None:
+            return None
+        if record["fingerprint"] != self.fingerprint:
+            error = {"loc": ["header", "idempotency-key"], "msg": "already used for another request", "type": "reused"}
+            raise InvalidRequest("this Idempotency-Key was used with a different request", errors=[error])
+        headers = {"Location": record["location"], "ETag": record["etag"], "Idempotent-Replayed": "true"}
+        return Response(record["body"], status_code=record["status"], headers=headers, media_type="application/json")
+
+    async def remember(self, connection: asyncpg.Connection, response: Response) -> None:
+        """Store `response` for replays, in the caller's transaction (so only if its write commits)."""
+        if self.key is None:
+            return
+        await _STORE.fetch(
+            connection,
+            principal=self.principal,
+            key=self.key,
+            fingerprint=self.fingerprint,
+            status=response.status_code,
+            body=bytes(response.body).decode(),
+            location=response.headers["Location"],
+            etag=response.headers["ETag"],
+        )
+        await _FORGET_SOME_EXPIRED.fetch(connection)
+
+
+async def _fingerprint(request: Request) -> str:
+    """The same request = same method, path and JSON body (key order and spacing do not matter)."""
+    canonical = json.dumps(json.loads(await request.body()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode()).hexdigest()
+
+
+async def get_idempotency(
+    request: Request,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry safely: the same key and body within 24 h replays the first response",
+        ),
+    ] = None,
+) -> Idempotency:
+    fingerprint = await _fingerprint(request) if idempotency_key is not None else ""
+    return Idempotency(principal=principal or "", key=idempotency_key, fingerprint=fingerprint)
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -1,0 +1,1 @@
+"""Projects: named containers of tasks."""

@@ -1,0 +1,117 @@
+"""Tasks: created and listed under their project, read and changed at /v1/tasks/{task_id}."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from app.core.auth import PrincipalDep
+from app.core.database import DatabaseDep
+from app.core.http import (
+    JSON,
+    IfMatch,
+    IfNoneMatch,
+    accepted_versions,
+    conditional_response,
+    require_json,
+    require_json_or_merge_patch,
+    resource_response,
+)
+from app.core.idempotency import IdempotencyDep
+from app.core.openapi import NOT_MODIFIED, problem_responses
+from app.core.pagination import Page, PageDep
+from app.core.sql import Row
+from app.tasks import service
+from app.tasks.models import TaskCreate, TaskPublic, TaskStatus, TaskUpdate
+
+router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500, 503))
+
+
+async def valid_task(task_id: uuid.UUID, database: DatabaseDep) -> Row:
+    """The task the path names, or a 404 problem."""
+    async with database.connection() as connection:
+        return await service.get_task(connection=connection, task_id=task_id)
+
+
+ValidTask = Annotated[Row, Depends(valid_task)]
+
+
+@router.post(
+    "/v1/projects/{project_id}/tasks",
+    status_code=201,
+    response_model=TaskPublic,
+    dependencies=[Depends(require_json)],
+    responses=problem_responses(404, 409, 413, 415),
+)
+async def create_task(
+    project_id: uuid.UUID,
+    body: TaskCreate,
+    database: DatabaseDep,
+    principal: PrincipalDep,
+    idempotency: IdempotencyDep,
+    request: Request,
+) -> Response:
+    """Create a task in a project. Send `Idempotency-Key` to make retries safe."""
+    async with database.transaction() as connection:
+        if replay := await idempotency.replay(connection):
+            return replay
+        task = await service.create_task(connection=connection, project_id=project_id, data=body, principal=principal)
+        location = request.url_for("read_task", task_id=task["id"]).path
+        response = resource_response(task, status_code=201, location=location)
+        await idempotency.remember(connection, response)  # in the same transaction as the task
+    return response
+
+
+@router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))
+async def list_tasks(
+    project_id: uuid.UUID,
+    database: DatabaseDep,
+    page: PageDep,
+    status: Annotated[TaskStatus | None, Query(description="Only tasks with this status")] = None,
+) -> Response:
+    """List a project's tasks, newest first, optionally only those with one status."""
+    async with database.connection() as connection:
+        found = await service.list_tasks(connection=connection, project_id=project_id, page=page, status=status)
+    return JSON(found)
+
+
+@router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=NOT_MODIFIED | problem_responses(404))
+async def read_task(task: ValidTask, if_none_match: IfNoneMatch = None) -> Response:
+    """Read one task. `If-None-Match` with its ETag answers 304 while it is unchanged."""
+    return conditional_response(task, if_none_match)
+
+
+@router.patch(
+    "/v1/tasks/{task_id}",
+    response_model=TaskPublic,
+    dependencies=[Depends(require_json_or_merge_patch)],
+    responses=problem_responses(404, 412, 413, 415),
+)
+async def update_task(
+    task_id: uuid.UUID, body: TaskUpdate, database: DatabaseDep, principal: PrincipalDep, if_match: IfMatch = None
+) -> Response:
+    """Change a task with a JSON merge patch; `project_id` moves it. `If-Match` guards the write."""
+    async with database.transaction() as connection:
+        task = await service.update_task(
+            connection=connection,
+            task_id=task_id,
+            changes=body,
+            accepted_versions=accepted_versions(if_match, task_id),
+            principal=principal,
+        )
+    return resource_response(task)
+
+
+@router.delete("/v1/tasks/{task_id}", status_code=204, responses=problem_responses(404, 412))
+async def delete_task(
+    task_id: uuid.UUID, database: DatabaseDep, principal: PrincipalDep, if_match: IfMatch = None
+) -> Response:
+    """Delete a task. `If-Match` makes the delete conditional."""
+    async with database.transaction() as connection:
+        await service.delete_task(
+            connection=connection,
+            task_id=task_id,
+            accepted_versions=accepted_versions(if_match, task_id),
+            principal=principal,
+        )
+    return Response(status_code=204)
