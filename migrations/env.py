@@ -35,7 +35,7 @@ def _migrate(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    database = Database(get_settings(), pooled=False)  # the app's own path: plain URL or Cloud SQL + IAM
+    database = Database(get_settings())  # the app's own path: plain URL or Cloud SQL + IAM
     try:
         engine = await database.engine()
         async with engine.connect() as connection:

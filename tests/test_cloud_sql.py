@@ -183,8 +183,8 @@ async def test_an_expired_certificate_is_refreshed(
     assert (await client.get("/v1/projects")).status_code == 200
     first = fake.certificates[-1]
     await asyncio.sleep(2.5)  # the certificate has expired; the proxy would refuse it now
-    await (await app.state.database.engine()).dispose()  # drop pooled connections: the next one is new
-    assert (await client.get("/v1/projects")).status_code == 200
+    async with app.state.database.connection():  # holds the pooled connection: the request opens a new one
+        assert (await client.get("/v1/projects")).status_code == 200
     second = fake.certificates[-1]
     assert second.serial_number != first.serial_number
     assert fake.connections[-1].certificate_serial == second.serial_number

@@ -133,7 +133,7 @@ async def test_healthz_touches_no_database() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         response = await client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
-    assert app.state.database._engine is None
+    assert app.state.database.pool.result() is None
 
 
 async def test_readyz_is_200_when_the_database_answers(client: httpx.AsyncClient) -> None:

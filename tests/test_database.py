@@ -1,26 +1,27 @@
-"""The engine honours the settings: pool sizing, pre-ping and the server-side statement timeout."""
+"""The pool honours the settings, hands connections over fairly, keeps no spare ones, and waits for
+one of its own when PostgreSQL has no free slot."""
 
 import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import pytest
-from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError
 
-from app.core import database as database_module
+from app.core import pool as pool_module
 from app.core.database import Database
+from app.core.pool import Pool, PoolTimeout
 from app.core.settings import Settings
+from tests.helpers import fetchval, libpq_url
 
 
-async def test_the_engine_applies_pool_and_timeout_settings(database_url: str) -> None:
-    settings = Settings(database_url=database_url, db_pool_size=3, db_max_overflow=1, db_statement_timeout_ms=1234)
-    database = Database(settings)
+async def test_connections_carry_the_statement_timeout_and_the_service_name(database_url: str) -> None:
+    database = Database(Settings(database_url=database_url, db_statement_timeout_ms=1234))
     try:
-        engine = await database.engine()
-        assert (engine.pool.size(), engine.pool._max_overflow, engine.pool._timeout) == (3, 1, 10)  # type: ignore[attr-defined]
-        assert not engine.pool._pre_ping  # type: ignore[attr-defined]  (only idle connections are pinged)
-        assert event.contains(engine.sync_engine.pool, "checkout", database_module._ping_if_idle)
-        async with engine.connect() as connection:
-            assert (await connection.execute(text("SHOW statement_timeout"))).scalar() == "1234ms"
+        async with database.connection() as connection:
+            assert await connection.fetchval("SHOW statement_timeout") == "1234ms"
+            assert await connection.fetchval("SHOW application_name") == "projects-api"
     finally:
         await database.dispose()
 
@@ -28,20 +29,21 @@ async def test_the_engine_applies_pool_and_timeout_settings(database_url: str) -
 async def test_a_statement_over_the_timeout_is_cancelled_by_the_server(database_url: str) -> None:
     database = Database(Settings(database_url=database_url, db_statement_timeout_ms=100))
     try:
-        async with (await database.engine()).connect() as connection:
-            with pytest.raises(DBAPIError, match="statement timeout"):
-                await connection.execute(text("SELECT pg_sleep(2)"))
+        async with database.connection() as connection:
+            with pytest.raises(asyncpg.QueryCanceledError, match="statement timeout"):
+                await connection.execute("SELECT pg_sleep(2)")
+            assert await connection.fetchval("SELECT 1") == 1  # the connection itself is fine
     finally:
         await database.dispose()
 
 
-async def test_the_engine_is_made_once_and_only_when_first_used(database_url: str) -> None:
+async def test_the_pool_is_made_once_and_only_when_first_used(database_url: str) -> None:
     database = Database(Settings(database_url=database_url))
-    assert database._engine is None
-    engines = await asyncio.gather(*(database.engine() for _ in range(10)))
-    assert all(engine is engines[0] for engine in engines)
+    assert database.pool.result() is None
+    pools = await asyncio.gather(*(database.pool() for _ in range(10)))
+    assert all(pool is pools[0] for pool in pools)
     await database.dispose()
-    assert database._engine is None
+    assert database.pool.result() is None
 
 
 async def test_a_disposed_database_reconnects_on_next_use(database_url: str) -> None:
@@ -49,7 +51,168 @@ async def test_a_disposed_database_reconnects_on_next_use(database_url: str) -> 
     async with database.connection() as connection:
         assert await connection.fetchval("SELECT 1") == 1
     await database.dispose()
-    async with database.transaction() as connection:  # a new engine, not the disposed one
+    async with database.transaction() as connection:  # a new pool, not the disposed one
         assert await connection.fetchval("SELECT 2") == 2
-    assert database._engine is not None
     await database.dispose()
+
+
+@pytest.fixture
+async def connect(database_url: str) -> AsyncIterator[Callable[[], asyncpg.Connection]]:
+    """A counting connect function for pools under test, with the connections' name to find them."""
+    name = f"pool-{uuid.uuid4().hex[:8]}"
+    opened: list[asyncpg.Connection] = []
+
+    async def open_one() -> asyncpg.Connection:
+        connection = await asyncpg.connect(libpq_url(database_url), server_settings={"application_name": name})
+        opened.append(connection)
+        return connection
+
+    open_one.opened = opened  # type: ignore[attr-defined]
+    yield open_one  # type: ignore[misc]
+    for connection in opened:
+        connection.terminate()
+
+
+def _pool(connect: Callable[[], asyncpg.Connection], **overrides: float) -> Pool:
+    settings: dict[str, float] = {
+        "max_size": 3,
+        "min_idle": 1,
+        "idle_s": 60,
+        "timeout_s": 2,
+        "recycle_s": 1800,
+        "ping_after_s": 60,
+    } | overrides
+    return Pool(connect, **settings)  # type: ignore[arg-type]
+
+
+async def test_a_busy_pool_reuses_its_connections_instead_of_opening_new_ones(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect)
+
+    async def use() -> None:
+        connection = await pool.acquire()
+        await connection.fetchval("SELECT pg_sleep(0.001)")
+        pool.release(connection)
+
+    for _ in range(20):  # bursts of 10 concurrent requests on at most 3 connections
+        await asyncio.gather(*(use() for _ in range(10)))
+    assert len(connect.opened) == 3  # type: ignore[attr-defined]
+    await pool.close()
+
+
+async def test_waiters_are_served_first_come_first_served(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=1)
+    held = await pool.acquire()
+    served: list[int] = []
+
+    async def waiter(number: int) -> None:
+        connection = await pool.acquire()
+        served.append(number)
+        await asyncio.sleep(0)
+        pool.release(connection)
+
+    waiting = [asyncio.create_task(waiter(number)) for number in range(5)]
+    await asyncio.sleep(0.01)  # all five are queued
+    pool.release(held)
+    late = asyncio.create_task(waiter(99))  # arrives as the connection is handed over: queues behind
+    await asyncio.gather(*waiting, late)
+    assert served == [0, 1, 2, 3, 4, 99]
+    await pool.close()
+
+
+async def test_a_full_pool_answers_pool_timeout_within_its_timeout(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=1, timeout_s=0.3)
+    held = await pool.acquire()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeout):
+        await pool.acquire()
+    assert 0.25 < time.monotonic() - started < 1.0
+    pool.release(held)
+    assert await pool.acquire() is held  # the timed-out waiter took nothing with it
+    await pool.close()
+
+
+async def test_spare_connections_are_closed_once_idle_down_to_min_idle(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=3, min_idle=1, idle_s=0.2)
+    held = [await pool.acquire() for _ in range(3)]
+    for connection in held:
+        pool.release(connection)
+    assert pool.size == 3
+    await asyncio.sleep(0.3)
+    connection = await pool.acquire()  # the pool tidies up as it is used
+    assert pool.size == 1
+    pool.release(connection)
+    await pool.close()
+
+
+async def test_a_broken_connection_is_discarded_and_its_slot_reused(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=1)
+    first = await pool.acquire()
+    pool.release(first, discard=True)
+    second = await pool.acquire()
+    assert second is not first and pool.size == 1
+    pool.release(second)
+    await pool.close()
+
+
+async def test_a_connection_left_in_a_transaction_is_not_reused(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=1)
+    first = await pool.acquire()
+    await first.execute("BEGIN")
+    pool.release(first)
+    second = await pool.acquire()
+    assert second is not first and not second.is_in_transaction()
+    pool.release(second)
+    await pool.close()
+
+
+async def test_when_the_server_refuses_a_connection_requests_wait_for_one_of_ours(
+    database_url: str, server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL answers 'too many connections' (53300) past a limit: here a role's CONNECTION
+    LIMIT of 2, against a pool allowed 4. The pool keeps serving on its 2, queues the rest, and
+    does not retry the refused connect on every request."""
+    url = database_url
+    role = f"capped_{uuid.uuid4().hex[:8]}"
+    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+    attempts = 0
+
+    async def connect() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        return await asyncpg.connect(libpq_url(url), user=role)
+
+    monkeypatch.setattr(pool_module, "REFUSED_BACKOFF_S", 10.0)
+    pool = Pool(connect, max_size=4, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    try:
+
+        async def use() -> int:
+            connection = await pool.acquire()
+            try:
+                return int(await connection.fetchval("SELECT 1 FROM pg_sleep(0.01)"))
+            finally:
+                pool.release(connection)
+
+        results = await asyncio.gather(*(use() for _ in range(40)))
+        assert results == [1] * 40
+        assert pool.size == 2
+        assert attempts == 4  # four at once (two refused); then none until the backoff ends
+    finally:
+        await pool.close()
+        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_a_refused_first_connection_is_an_error_not_a_wait(database_url: str, server_url: str) -> None:
+    url = database_url
+    role = f"capped_{uuid.uuid4().hex[:8]}"
+    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(libpq_url(url), user=role)
+
+    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    try:
+        with pytest.raises(asyncpg.TooManyConnectionsError):
+            await pool.acquire()
+    finally:
+        await pool.close()
+        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")

@@ -78,9 +78,7 @@ async def test_an_exhausted_pool_answers_503_within_the_pool_timeout(database_ur
     app = create_app(Settings(database_url=database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=1))
     async with await _client(app) as client:
         assert (await client.get("/v1/projects")).status_code == 200
-        engine = await app.state.database.engine()
-        async with engine.connect() as hog:  # holds the only connection
-            await hog.exec_driver_sql("SELECT 1")
+        async with app.state.database.connection():  # holds the only connection
             started = time.monotonic()
             response = await client.get("/v1/projects")
             waited = time.monotonic() - started

@@ -45,6 +45,11 @@ def test_no_database_at_all_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None
     assert "DATABASE_URL or INSTANCE_CONNECTION_NAME" in _error(monkeypatch)
 
 
+def test_a_pool_needs_room_for_one_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = _error(monkeypatch, DATABASE_URL=URL, DB_POOL_SIZE="0", DB_MAX_OVERFLOW="0")
+    assert "DB_POOL_SIZE + DB_MAX_OVERFLOW" in message
+
+
 def test_instance_needs_an_iam_user(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "DB_IAM_USER" in _error(monkeypatch, INSTANCE_CONNECTION_NAME="p:r:i")
 
@@ -55,8 +60,9 @@ def test_instance_needs_an_iam_user(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "mysql://u@h/db"),
         ("INSTANCE_CONNECTION_NAME", "just-a-name"),
         ("DB_IP_TYPE", "carrier-pigeon"),
-        ("DB_POOL_SIZE", "0"),
+        ("DB_POOL_SIZE", "-1"),
         ("DB_POOL_SIZE", "five"),
+        ("DB_POOL_IDLE_S", "-1"),
         ("DB_MAX_OVERFLOW", "-1"),
         ("DB_POOL_TIMEOUT_S", "0"),
         ("DB_STATEMENT_TIMEOUT_MS", "-5"),

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from app.core.errors import Conflict, ServiceUnavailable, response_for
 from app.core.models import Audited
+from app.core.pool import PoolTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def causes(error: BaseException) -> Iterator[BaseException]:
 _LOST = "the database connection was lost"
 _UNAVAILABLE: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str | None, bool]] = [
     (asyncpg.DataError, None, False),  # a value asyncpg cannot send: a bug (500), the connection is fine
-    (sqlalchemy.exc.TimeoutError, "every database connection is busy", False),
+    (PoolTimeout, "every database connection is busy", False),
     (asyncpg.QueryCanceledError, "the query took longer than the statement timeout", False),
     (
         (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError),
@@ -122,7 +123,7 @@ async def _on_integrity(request: Request, exc: Exception) -> JSONResponse:
 
 def install_database_handlers(app: FastAPI) -> None:
     database_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-    for kind in (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError, *database_errors):
+    for kind in (sqlalchemy.exc.DBAPIError, *database_errors):
         app.add_exception_handler(kind, _on_database_error)
     app.add_exception_handler(OSError, _on_database_error)
     app.add_exception_handler(asyncpg.IntegrityConstraintViolationError, _on_integrity)

@@ -30,5 +30,12 @@ class Once(Generic[T]):
                 self._attempt = None
             raise
 
+    def result(self) -> T | None:
+        """The value of a run that has finished successfully, else None (nothing is started)."""
+        attempt = self._attempt
+        if attempt is None or not attempt.done() or attempt.cancelled() or attempt.exception() is not None:
+            return None
+        return attempt.result()
+
     def reset(self) -> None:
         self._attempt = None

@@ -29,8 +29,9 @@ class Settings(BaseSettings):
     db_name: str = "app"
     db_ip_type: Literal["public", "private", "psc"] = "public"
     cloud_sql_admin_endpoint: str | None = None
-    db_pool_size: int = Field(default=5, ge=1, le=100)
+    db_pool_size: int = Field(default=5, ge=0, le=100)
     db_max_overflow: int = Field(default=2, ge=0, le=100)
+    db_pool_idle_s: float = Field(default=30, ge=0, le=3600)
     db_pool_timeout_s: float = Field(default=10, gt=0, le=300)
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
 
@@ -77,6 +78,8 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL or INSTANCE_CONNECTION_NAME: one must be set")
         if self.instance_connection_name and not self.db_iam_user:
             raise ValueError("DB_IAM_USER: required with INSTANCE_CONNECTION_NAME")
+        if self.db_pool_size + self.db_max_overflow < 1:
+            raise ValueError("DB_POOL_SIZE + DB_MAX_OVERFLOW: must allow at least one connection")
         if self.auth_mode != "none" and not self.auth_audience:
             raise ValueError(f"AUTH_AUDIENCE: required with AUTH_MODE={self.auth_mode}")
         if self.auth_mode == "oidc" and not (self.oidc_issuer and self.oidc_jwks_url):
