@@ -1,22 +1,43 @@
-"""Alembic, async, on the app's own settings and Database (so Cloud SQL with IAM works the same way)."""
+"""Alembic, async, on the app's own settings and Database (so Cloud SQL with IAM works the same way).
+
+Each migration connection, once open:
+- drops the service's statement timeout (an index build or a table rewrite may take minutes);
+- sets a lock timeout, so a migration never waits long behind a running transaction while holding
+  up the live traffic queued behind its own lock request; a migration that times out is rolled
+  back and retried a few times (each revision runs in its own transaction), then fails.
+"""
 
 import asyncio
+import logging
+import random
 from logging.config import fileConfig
 from typing import Any, Literal
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from app.database import Database
+from app.db_errors import causes
 from app.settings import get_settings
 
 if context.config.config_file_name is not None and context.config.attributes.get("configure_logging", True):
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
+logger = logging.getLogger("alembic.env")
 target_metadata = SQLModel.metadata
+
+# A DDL statement waits at most this long for its lock. While it waits, every query on that table
+# queues behind it; the service's own statements give up after DB_STATEMENT_TIMEOUT_MS (5 s), so
+# the wait must stay well under that.
+LOCK_TIMEOUT = "2s"
+ATTEMPTS = 5  # a revision whose lock wait timed out is retried after 1-2, 2-4, 4-8 and 8-16 s
+BACKOFF_S = 2.0
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout
 
 
 def _render_item(kind: str, item: Any, autogen_context: Any) -> str | Literal[False]:
@@ -26,20 +47,51 @@ def _render_item(kind: str, item: Any, autogen_context: Any) -> str | Literal[Fa
     return False
 
 
+def _prepare_session(connection: Connection) -> None:
+    """Session settings for migrating."""
+    connection.execute(text("SET statement_timeout = 0"))
+    connection.execute(text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
+    connection.commit()  # session settings outlive this transaction; SET inside a rollback would not
+
+
 def _migrate(connection: Connection) -> None:
+    _prepare_session(connection)
     context.configure(
-        connection=connection, target_metadata=target_metadata, compare_type=True, render_item=_render_item
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_item=_render_item,
+        transaction_per_migration=True,  # a lock timeout undoes one revision, which the retry resumes
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _lock_timed_out(error: BaseException) -> bool:
+    return any(getattr(cause, "sqlstate", None) == LOCK_NOT_AVAILABLE for cause in causes(error))
 
 
 async def _run_online() -> None:
     database = Database(get_settings(), pooled=False)  # the app's own path: plain URL or Cloud SQL + IAM
     try:
         engine = await database.ready()
-        async with engine.connect() as connection:
-            await connection.run_sync(_migrate)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                async with engine.connect() as connection:
+                    await connection.run_sync(_migrate)
+                return
+            except DBAPIError as error:
+                if attempt == ATTEMPTS or not _lock_timed_out(error):
+                    raise
+                delay = BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
+                logger.warning(
+                    "a lock was not granted within %s (attempt %d of %d): retrying in %.1f s",
+                    LOCK_TIMEOUT,
+                    attempt,
+                    ATTEMPTS,
+                    delay,
+                )
+                await asyncio.sleep(delay)
     finally:
         await database.dispose()
 

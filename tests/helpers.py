@@ -1,5 +1,8 @@
 """Assertions and database look-ups shared by the test modules."""
 
+import shutil
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -40,3 +43,25 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 def error_locations(body: dict[str, Any]) -> list[list[Any]]:
     return [error["loc"] for error in body["errors"]]
+
+
+def migrations_with_revision(folder: Path, upgrade: str) -> Path:
+    """A copy of alembic.ini and migrations/ with one more revision after head; its alembic.ini.
+
+    `upgrade` is the body of the new revision's upgrade() (with `op` and `sa` imported).
+    """
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from tests.conftest import ROOT
+
+    head = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
+    shutil.copy(ROOT / "alembic.ini", folder / "alembic.ini")
+    shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    body = textwrap.indent(textwrap.dedent(upgrade).strip(), "    ")
+    (folder / "migrations" / "versions" / "99990101_9999_later.py").write_text(
+        f'"""a later revision"""\n\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        f'revision = "9999"\ndown_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f"def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n"
+    )
+    return folder / "alembic.ini"
