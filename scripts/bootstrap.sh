@@ -13,20 +13,16 @@ Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.
     flag on for an existing instance, keeping its other flags) and the database;
   - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
     Build runs as it), grants them their roles, and creates their IAM database users;
-  - prints the one manual step left: migrations/roles.sql, run once as the `postgres` user.
+  - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
 Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
 accounts, and set IAM policies). It changes nothing that is already as it should be.
 
 Settings (environment variables; default after the colon):
-  PROJECT      project id: gcloud config get-value project
-  REGION       region of the instance, the function and the build: europe-west1
-  INSTANCE     Cloud SQL instance: projects-db
-  DB_NAME      database: app
+EOF
+  sed -n 's/^#   /  /p' "$(dirname "$0")/deploy_settings.sh"
+  cat <<'EOF'
   DB_VERSION   PostgreSQL version of a new instance: POSTGRES_17
   DB_TIER      machine type of a new instance: db-custom-1-3840
-  FUNCTION     function name, for the build command printed at the end: projects-api
-  RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
-  MIGRATOR_SA  the build's service account: migrator@PROJECT.iam.gserviceaccount.com
   SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
                gcloud config get-value account
 
@@ -51,15 +47,6 @@ case "${1:-}" in
     ;;
 esac
 
-die() {
-  echo "bootstrap: $*" >&2
-  exit 1
-}
-
-step() {
-  echo "==> $*"
-}
-
 # IAM answers "does not exist" for a few seconds after a service account is created: try again.
 retry() {
   local attempt
@@ -73,29 +60,14 @@ retry() {
   "$@"
 }
 
-command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
-
-PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
-[ -n "$PROJECT" ] || die "no project: set PROJECT or run 'gcloud config set project PROJECT_ID'"
-REGION="${REGION:-europe-west1}"
-INSTANCE="${INSTANCE:-projects-db}"
-DB_NAME="${DB_NAME:-app}"
+command -v gcloud >/dev/null || {
+  echo "bootstrap: gcloud is not installed (https://cloud.google.com/sdk/docs/install)" >&2
+  exit 1
+}
+source "$(dirname "$0")/deploy_settings.sh"
 DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
-FUNCTION="${FUNCTION:-projects-api}"
-RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
-MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
-
-for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
-  [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||
-    die "$sa: expected a service account of project $PROJECT (NAME@${PROJECT}.iam.gserviceaccount.com)"
-done
-
-# Cloud SQL names a service account's IAM database user after its email without the domain suffix.
-RUNTIME_DB_USER="${RUNTIME_SA%.gserviceaccount.com}"
-MIGRATOR_DB_USER="${MIGRATOR_SA%.gserviceaccount.com}"
-CONNECTION_NAME="${PROJECT}:${REGION}:${INSTANCE}"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME"
 echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
@@ -224,17 +196,13 @@ done
 
 cat <<EOF
 
-Done. One manual step is left, once per database: run migrations/roles.sql as the instance's
-\`postgres\` user, so that the migrator owns the database and the runtime may only read and write
-rows. From the repository root, with psql and the Cloud SQL Auth Proxy (cloud-sql-proxy) installed
-(the proxy uses your Application Default Credentials: gcloud auth application-default login):
+Done. One step is left, once per database: migrations/roles.sql, run as the instance's admin
+user, so that the migrator may migrate and the runtime may only read and write rows. With psql,
+pg_isready and the Cloud SQL Auth Proxy installed (README, Deploy), from the repository root:
 
   gcloud sql users set-password postgres --instance=${INSTANCE} --project=${PROJECT} --prompt-for-password
-  cloud-sql-proxy ${CONNECTION_NAME} --port=5433 &
-  psql "host=127.0.0.1 port=5433 dbname=${DB_NAME} user=postgres" \\
-    -v database=${DB_NAME} -v migrator=${MIGRATOR_DB_USER} -v runtime=${RUNTIME_DB_USER} \\
-    -f migrations/roles.sql
-  kill %1
+  PROJECT=${PROJECT} REGION=${REGION} INSTANCE=${INSTANCE} DB_NAME=${DB_NAME} \\
+    RUNTIME_SA=${RUNTIME_SA} MIGRATOR_SA=${MIGRATOR_SA} scripts/grant_roles.sh
 
 Then test, migrate, deploy and smoke-test:
 
