@@ -107,13 +107,14 @@ grant_project_role() {
     --member="$member" --role="$role" --condition=None --quiet >/dev/null
 }
 
-grant_service_account_user() {
-  local service_account="$1" member="$2"
-  echo "    roles/iam.serviceAccountUser on $service_account -> $member"
+grant_on_service_account() {
+  local service_account="$1" member="$2" role="$3"
+  echo "    $role on $service_account -> $member"
   retry gcloud iam service-accounts add-iam-policy-binding "$service_account" --project="$PROJECT" \
-    --member="$member" --role=roles/iam.serviceAccountUser --quiet >/dev/null
+    --member="$member" --role="$role" --quiet >/dev/null
 }
 
+# What each role is for, command by command, with Google's page for it: docs/permissions.md.
 step "Roles"
 # Both identities fetch connector certificates (client) and log in as their IAM database user.
 for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
@@ -121,20 +122,24 @@ for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
   grant_project_role "serviceAccount:$sa" roles/cloudsql.instanceUser
 done
 # The migrator runs cloudbuild.yaml and the Cloud Build job that builds the function's image:
-#   logging.logWriter       build logs (options.logging: CLOUD_LOGGING_ONLY)
-#   storage.objectViewer    the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*)
-#   artifactregistry.writer the function's image (the gcf-artifacts repository)
-#   cloudfunctions.developer create and update the function
-#   run.invoker             the smoke test's call; project-wide because the function's service
-#                           does not exist before the first build. Once it does, you may move the
-#                           grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
-for role in roles/logging.logWriter roles/storage.objectViewer roles/artifactregistry.writer \
+#   logging.logWriter        build logs (options.logging: CLOUD_LOGGING_ONLY)
+#   storage.objectAdmin      the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*),
+#                            as Google's page for a function's build service account asks
+#   artifactregistry.writer  the function's image (the gcf-artifacts repository)
+#   cloudfunctions.developer create, update and describe the function
+#   run.invoker              the smoke test's call; project-wide because the function's service
+#                            does not exist before the first build. Once it does, you may move the
+#                            grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
+for role in roles/logging.logWriter roles/storage.objectAdmin roles/artifactregistry.writer \
   roles/cloudfunctions.developer roles/run.invoker; do
   grant_project_role "serviceAccount:$MIGRATOR_SA" "$role"
 done
 # Deploying as the migrator attaches the runtime account to the function and builds as itself.
-grant_service_account_user "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA"
-grant_service_account_user "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA"
+grant_on_service_account "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
+grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
+# The smoke test's identity token for the function's URL is the migrator's own:
+# iam.serviceAccounts.getOpenIdToken, which Service Account User does not include.
+grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountOpenIdTokenCreator
 # Whoever runs `gcloud builds submit` must be allowed to start a build as the migrator.
 if [ -n "$SUBMITTER" ]; then
   if [[ "$SUBMITTER" == *.gserviceaccount.com ]]; then
@@ -142,7 +147,7 @@ if [ -n "$SUBMITTER" ]; then
   else
     submitter_member="user:$SUBMITTER"
   fi
-  grant_service_account_user "$MIGRATOR_SA" "$submitter_member"
+  grant_on_service_account "$MIGRATOR_SA" "$submitter_member" roles/iam.serviceAccountUser
 fi
 
 step "Cloud SQL instance $INSTANCE"
