@@ -17,7 +17,7 @@
 --            environment, so a dump restored from staging into production keeps working.
 --   migrator member of owner; may connect. Without `SET ROLE` it can create nothing (16 and later).
 --   runtime  may connect, and read and write rows of the owner's tables (not alembic_version);
---            no DDL, no TRUNCATE, nothing in any other database.
+--            no DDL, no TRUNCATE.
 
 \set ON_ERROR_STOP on
 \if :{?owner}

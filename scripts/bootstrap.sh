@@ -35,17 +35,8 @@ Example:
 EOF
 }
 
-case "${1:-}" in
-  -h | --help)
-    usage
-    exit 0
-    ;;
-  "") ;;
-  *)
-    echo "unknown argument: $1 (try --help)" >&2
-    exit 2
-    ;;
-esac
+source "$(dirname "$0")/deploy_settings.sh"
+check_arguments "" "$@"
 
 # IAM answers "does not exist" for a few seconds after a service account is created: try again.
 retry() {
@@ -60,11 +51,8 @@ retry() {
   "$@"
 }
 
-command -v gcloud >/dev/null || {
-  echo "bootstrap: gcloud is not installed (https://cloud.google.com/sdk/docs/install)" >&2
-  exit 1
-}
-source "$(dirname "$0")/deploy_settings.sh"
+command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+load_settings
 DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"

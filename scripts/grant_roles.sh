@@ -28,19 +28,10 @@ EOF
 EOF
 }
 
-case "${1:-}" in
-  -h | --help)
-    usage
-    exit 0
-    ;;
-  "") ;;
-  *)
-    echo "unknown argument: $1 (try --help)" >&2
-    exit 2
-    ;;
-esac
-
 source scripts/deploy_settings.sh
+check_arguments "" "$@"
+
+load_settings
 DB_ADMIN_USER="${DB_ADMIN_USER:-postgres}"
 PROXY_PORT="${PROXY_PORT:-5433}"
 

@@ -22,25 +22,15 @@ EOF
   sed -n 's/^#   /  /p' "$(dirname "$0")/deploy_settings.sh"
 }
 
-delete_without_asking=no
-case "${1:-}" in
-  -h | --help)
-    usage
-    exit 0
-    ;;
-  --yes) delete_without_asking=yes ;;
-  "") ;;
-  *)
-    echo "unknown argument: $1 (try --help)" >&2
-    exit 2
-    ;;
-esac
-
-command -v gcloud >/dev/null || {
-  echo "teardown: gcloud is not installed (https://cloud.google.com/sdk/docs/install)" >&2
-  exit 1
-}
 source "$(dirname "$0")/deploy_settings.sh"
+check_arguments --yes "$@"
+delete_without_asking=no
+if [ "${1:-}" = --yes ]; then
+  delete_without_asking=yes
+fi
+
+command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+load_settings
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, function $FUNCTION"
 echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +110,16 @@ def build(server_url: str) -> CloudSqlShape:
     )
     create_database(shape, shape.database)
     return shape
+
+
+@contextmanager
+def built(server_url: str, *other_databases: str) -> Iterator[CloudSqlShape]:
+    """The shape, dropped afterwards with `other_databases` (names relative to its database)."""
+    shape = build(server_url)
+    try:
+        yield shape
+    finally:
+        drop(shape, *(f"{shape.database}{suffix}" for suffix in other_databases))
 
 
 def create_database(shape: CloudSqlShape, name: str) -> None:

@@ -33,11 +33,8 @@ from tests.helpers import assert_problem, fetch
 @pytest.fixture(scope="module")
 def shape(server_url: str) -> Iterator[CloudSqlShape]:
     """Cloud SQL's roles (tests/cloud_sql_roles.py): the IAM users, the admin, the owner role."""
-    built = cloud_sql_roles.build(server_url)
-    try:
+    with cloud_sql_roles.built(server_url) as built:
         yield built
-    finally:
-        cloud_sql_roles.drop(built)
 
 
 @pytest.fixture(scope="module")

@@ -23,11 +23,8 @@ from tests.helpers import fetch, migrations_with_revision
 
 @pytest.fixture(scope="module")
 def shape(server_url: str) -> Iterator[CloudSqlShape]:
-    built = cloud_sql_roles.build(server_url)
-    try:
+    with cloud_sql_roles.built(server_url, "_second") as built:
         yield built
-    finally:
-        cloud_sql_roles.drop(built, f"{built.database}_second")
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
 from tests import fake_gcloud, iam_model
-from tests.conftest import _libpq_url
+from tests.conftest import _admin
 from tests.function_server import serve_function
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -539,22 +538,14 @@ def function_without_grants(server_url: str, database_url: str) -> Iterator[str]
     """The real function logged in as a database user that may connect but was granted no table,
     as when roles.sql has not run: /readyz answers 200, every /v1 read fails."""
     user = f"no_grants_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_as_superuser(server_url, f'CREATE ROLE "{user}" LOGIN'))
+    asyncio.run(_admin(server_url, f'CREATE ROLE "{user}" LOGIN'))
     url = make_url(database_url).set(username=user).render_as_string(hide_password=False)
     try:
         with serve_function(url, source="main.py") as server:
             assert httpx.get(f"{server.base_url}/readyz", timeout=10).status_code == 200
             yield server.base_url
     finally:
-        asyncio.run(_as_superuser(server_url, f'DROP ROLE IF EXISTS "{user}"'))
-
-
-async def _as_superuser(server_url: str, statement: str) -> None:
-    connection = await asyncpg.connect(_libpq_url(server_url))
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
+        asyncio.run(_admin(server_url, f'DROP ROLE IF EXISTS "{user}"'))
 
 
 def test_deploy_then_smoke_test_read_a_table_through_the_front_end(
