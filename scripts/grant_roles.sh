@@ -50,15 +50,15 @@ stop_proxy() {
 trap stop_proxy EXIT
 
 step "Waiting for $CONNECTION_NAME through the proxy on 127.0.0.1:$PROXY_PORT"
-for attempt in $(seq 1 60); do
+for attempt in $(seq 1 120); do  # every half second, for a minute
   if pg_isready -q -h 127.0.0.1 -p "$PROXY_PORT" -U "$DB_ADMIN_USER" -d "$DB_NAME"; then
     break
   fi
   if ! kill -0 "$proxy_pid" 2>/dev/null; then
     die "cloud-sql-proxy stopped: $(cat "$proxy_log")"
   fi
-  [ "$attempt" -lt 60 ] || die "the instance did not answer through the proxy within 60 s: $(cat "$proxy_log")"
-  sleep 1
+  [ "$attempt" -lt 120 ] || die "the instance did not answer through the proxy within 60 s: $(cat "$proxy_log")"
+  sleep 0.5
 done
 
 step "migrations/roles.sql as $DB_ADMIN_USER on database $DB_NAME"

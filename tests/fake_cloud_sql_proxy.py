@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-START_DELAY_S = 0.5
+START_DELAY_S = 0.3
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
