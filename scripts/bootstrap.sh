@@ -13,20 +13,16 @@ Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.
     flag on for an existing instance, keeping its other flags) and the database;
   - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
     Build runs as it), grants them their roles, and creates their IAM database users;
-  - prints the one manual step left: migrations/roles.sql, run once as the `postgres` user.
+  - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
 Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
 accounts, and set IAM policies). It changes nothing that is already as it should be.
 
 Settings (environment variables; default after the colon):
-  PROJECT      project id: gcloud config get-value project
-  REGION       region of the instance, the function and the build: europe-west1
-  INSTANCE     Cloud SQL instance: projects-db
-  DB_NAME      database: app
+EOF
+  sed -n 's/^#   /  /p' "$(dirname "$0")/deploy_settings.sh"
+  cat <<'EOF'
   DB_VERSION   PostgreSQL version of a new instance: POSTGRES_17
   DB_TIER      machine type of a new instance: db-custom-1-3840
-  FUNCTION     function name, for the build command printed at the end: projects-api
-  RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
-  MIGRATOR_SA  the build's service account: migrator@PROJECT.iam.gserviceaccount.com
   SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
                gcloud config get-value account
 
@@ -39,26 +35,8 @@ Example:
 EOF
 }
 
-case "${1:-}" in
-  -h | --help)
-    usage
-    exit 0
-    ;;
-  "") ;;
-  *)
-    echo "unknown argument: $1 (try --help)" >&2
-    exit 2
-    ;;
-esac
-
-die() {
-  echo "bootstrap: $*" >&2
-  exit 1
-}
-
-step() {
-  echo "==> $*"
-}
+source "$(dirname "$0")/deploy_settings.sh"
+check_arguments "" "$@"
 
 # IAM answers "does not exist" for a few seconds after a service account is created: try again.
 retry() {
@@ -74,28 +52,10 @@ retry() {
 }
 
 command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
-
-PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null || true)}"
-[ -n "$PROJECT" ] || die "no project: set PROJECT or run 'gcloud config set project PROJECT_ID'"
-REGION="${REGION:-europe-west1}"
-INSTANCE="${INSTANCE:-projects-db}"
-DB_NAME="${DB_NAME:-app}"
+load_settings
 DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
-FUNCTION="${FUNCTION:-projects-api}"
-RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
-MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
-
-for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
-  [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||
-    die "$sa: expected a service account of project $PROJECT (NAME@${PROJECT}.iam.gserviceaccount.com)"
-done
-
-# Cloud SQL names a service account's IAM database user after its email without the domain suffix.
-RUNTIME_DB_USER="${RUNTIME_SA%.gserviceaccount.com}"
-MIGRATOR_DB_USER="${MIGRATOR_SA%.gserviceaccount.com}"
-CONNECTION_NAME="${PROJECT}:${REGION}:${INSTANCE}"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME"
 echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
@@ -135,13 +95,14 @@ grant_project_role() {
     --member="$member" --role="$role" --condition=None --quiet >/dev/null
 }
 
-grant_service_account_user() {
-  local service_account="$1" member="$2"
-  echo "    roles/iam.serviceAccountUser on $service_account -> $member"
+grant_on_service_account() {
+  local service_account="$1" member="$2" role="$3"
+  echo "    $role on $service_account -> $member"
   retry gcloud iam service-accounts add-iam-policy-binding "$service_account" --project="$PROJECT" \
-    --member="$member" --role=roles/iam.serviceAccountUser --quiet >/dev/null
+    --member="$member" --role="$role" --quiet >/dev/null
 }
 
+# What each role is for, command by command, with Google's page for it: docs/permissions.md.
 step "Roles"
 # Both identities fetch connector certificates (client) and log in as their IAM database user.
 for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
@@ -149,20 +110,24 @@ for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
   grant_project_role "serviceAccount:$sa" roles/cloudsql.instanceUser
 done
 # The migrator runs cloudbuild.yaml and the Cloud Build job that builds the function's image:
-#   logging.logWriter       build logs (options.logging: CLOUD_LOGGING_ONLY)
-#   storage.objectViewer    the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*)
-#   artifactregistry.writer the function's image (the gcf-artifacts repository)
-#   cloudfunctions.developer create and update the function
-#   run.invoker             the smoke test's call; project-wide because the function's service
-#                           does not exist before the first build. Once it does, you may move the
-#                           grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
-for role in roles/logging.logWriter roles/storage.objectViewer roles/artifactregistry.writer \
+#   logging.logWriter        build logs (options.logging: CLOUD_LOGGING_ONLY)
+#   storage.objectAdmin      the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*),
+#                            as Google's page for a function's build service account asks
+#   artifactregistry.writer  the function's image (the gcf-artifacts repository)
+#   cloudfunctions.developer create, update and describe the function
+#   run.invoker              the smoke test's call; project-wide because the function's service
+#                            does not exist before the first build. Once it does, you may move the
+#                            grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
+for role in roles/logging.logWriter roles/storage.objectAdmin roles/artifactregistry.writer \
   roles/cloudfunctions.developer roles/run.invoker; do
   grant_project_role "serviceAccount:$MIGRATOR_SA" "$role"
 done
 # Deploying as the migrator attaches the runtime account to the function and builds as itself.
-grant_service_account_user "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA"
-grant_service_account_user "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA"
+grant_on_service_account "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
+grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
+# The smoke test's identity token for the function's URL is the migrator's own:
+# iam.serviceAccounts.getOpenIdToken, which Service Account User does not include.
+grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountOpenIdTokenCreator
 # Whoever runs `gcloud builds submit` must be allowed to start a build as the migrator.
 if [ -n "$SUBMITTER" ]; then
   if [[ "$SUBMITTER" == *.gserviceaccount.com ]]; then
@@ -170,7 +135,7 @@ if [ -n "$SUBMITTER" ]; then
   else
     submitter_member="user:$SUBMITTER"
   fi
-  grant_service_account_user "$MIGRATOR_SA" "$submitter_member"
+  grant_on_service_account "$MIGRATOR_SA" "$submitter_member" roles/iam.serviceAccountUser
 fi
 
 step "Cloud SQL instance $INSTANCE"
@@ -224,17 +189,13 @@ done
 
 cat <<EOF
 
-Done. One manual step is left, once per database: run migrations/roles.sql as the instance's
-\`postgres\` user, so that the migrator owns the database and the runtime may only read and write
-rows. From the repository root, with psql and the Cloud SQL Auth Proxy (cloud-sql-proxy) installed
-(the proxy uses your Application Default Credentials: gcloud auth application-default login):
+Done. One step is left, once per database: migrations/roles.sql, run as the instance's admin
+user, so that the migrator may migrate and the runtime may only read and write rows. With psql,
+pg_isready and the Cloud SQL Auth Proxy installed (README, Deploy), from the repository root:
 
   gcloud sql users set-password postgres --instance=${INSTANCE} --project=${PROJECT} --prompt-for-password
-  cloud-sql-proxy ${CONNECTION_NAME} --port=5433 &
-  psql "host=127.0.0.1 port=5433 dbname=${DB_NAME} user=postgres" \\
-    -v database=${DB_NAME} -v migrator=${MIGRATOR_DB_USER} -v runtime=${RUNTIME_DB_USER} \\
-    -f migrations/roles.sql
-  kill %1
+  PROJECT=${PROJECT} REGION=${REGION} INSTANCE=${INSTANCE} DB_NAME=${DB_NAME} \\
+    RUNTIME_SA=${RUNTIME_SA} MIGRATOR_SA=${MIGRATOR_SA} scripts/grant_roles.sh
 
 Then test, migrate, deploy and smoke-test:
 

@@ -15,27 +15,18 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from app.api import create_app
 from app.core.settings import Settings
-from tests.helpers import ROOT, libpq_url, run_alembic, unique, with_database
+from tests.helpers import ROOT, admin, run_alembic, unique, with_database
 
 if TYPE_CHECKING:
     from tests.identity_fakes import Issuer
 
 sys.path.insert(0, str(ROOT / "scripts"))
-
-
-async def _admin(server_url: str, statement: str) -> None:
-    connection = await asyncpg.connect(libpq_url(server_url))
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +52,13 @@ def create_database(server_url: str) -> Iterator[Callable[[], str]]:
 
     def create() -> str:
         name = f"test_{uuid.uuid4().hex[:12]}"
-        asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin(server_url, f'CREATE DATABASE "{name}"'))
         created.append(name)
         return with_database(server_url, name)
 
     yield create
     for name in created:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """What the test modules share: names, database look-ups, the alembic CLI and problem assertions."""
 
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,15 @@ def run_alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(
         [sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
+
+
+async def admin(server_url: str, statement: str) -> None:
+    """One statement on a connection of the test's own (CREATE DATABASE, roles: what must not be in a transaction)."""
+    connection = await asyncpg.connect(libpq_url(server_url))
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 async def fetch(url: str, query: str, *args: object) -> list[asyncpg.Record]:
@@ -68,3 +79,23 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 def error_locations(body: dict[str, Any]) -> list[list[Any]]:
     return [error["loc"] for error in body["errors"]]
+
+
+def migrations_with_revision(folder: Path, upgrade: str) -> Path:
+    """A copy of alembic.ini and migrations/ with one more revision after head; its alembic.ini.
+
+    `upgrade` is the body of the new revision's upgrade() (with `op` and `sa` imported).
+    """
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
+    shutil.copy(ROOT / "alembic.ini", folder / "alembic.ini")
+    shutil.copytree(ROOT / "migrations", folder / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    body = textwrap.indent(textwrap.dedent(upgrade).strip(), "    ")
+    (folder / "migrations" / "versions" / "99990101_9999_later.py").write_text(
+        f'"""a later revision"""\n\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        f'revision = "9999"\ndown_revision = "{head}"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f"def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n"
+    )
+    return folder / "alembic.ini"

@@ -8,92 +8,61 @@ import asyncio
 import datetime
 import logging
 import os
-import re
 import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from app.api import create_app
 from app.core.settings import Settings
+from tests import cloud_sql_roles
 from tests.cloud_sql_fake import PROXY_PORT, CertificateAuthority, FakeCloudSQL
-from tests.helpers import ROOT, assert_problem, fetch, libpq_url, unique, with_database
-
-RUNTIME = "projects-api@fake-project.iam.gserviceaccount.com"
-MIGRATOR = "migrator@fake-project.iam.gserviceaccount.com"
-RUNTIME_DB_USER, MIGRATOR_DB_USER = (
-    RUNTIME.removesuffix(".gserviceaccount.com"),
-    MIGRATOR.removesuffix(".gserviceaccount.com"),
-)
+from tests.cloud_sql_roles import CloudSqlShape
+from tests.helpers import ROOT, assert_problem, fetch, unique
 
 
-def _upstream(server_url: str) -> tuple[str, ...]:
-    url = make_url(server_url)
-    port = url.port or 5432
-    socket_dir = url.query.get("host")
-    if isinstance(socket_dir, str) and socket_dir.startswith("/"):
-        return ("unix", f"{socket_dir}/.s.PGSQL.{port}")
-    return ("tcp", url.host or "127.0.0.1", str(port))
-
-
-async def _admin(url: str, *statements: str) -> None:
-    connection = await asyncpg.connect(libpq_url(url))
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-def _roles_sql(database: str) -> str:
-    """migrations/roles.sql with its psql variables filled in."""
-    values = {"database": database, "migrator": MIGRATOR_DB_USER, "runtime": RUNTIME_DB_USER}
-    sql = (ROOT / "migrations" / "roles.sql").read_text()
-    return re.sub(r':"(\w+)"', lambda match: '"' + values[match.group(1)] + '"', sql)
+@pytest.fixture(scope="module")
+def shape(server_url: str) -> Iterator[CloudSqlShape]:
+    """Cloud SQL's roles (tests/cloud_sql_roles.py): the IAM users, the admin, the owner role."""
+    with cloud_sql_roles.built(server_url) as built:
+        yield built
 
 
 @pytest.fixture(scope="module")
 def fake(server_url: str) -> Iterator[FakeCloudSQL]:
-    running = FakeCloudSQL(upstream=_upstream(server_url)).start()
+    kind, _, address = cloud_sql_roles.upstream(server_url).partition(":")
+    upstream = ("unix", address) if kind == "unix" else ("tcp", *address.rsplit(":", 1))
+    running = FakeCloudSQL(upstream=upstream).start()
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
-def iam_database(server_url: str, create_database: Callable[[], str], fake: FakeCloudSQL) -> str:
-    """A database set up as on Cloud SQL: two IAM users, roles.sql, and migrations run by the migrator."""
-    url = create_database()
-    name = make_url(url).database
-    assert name is not None
-    for role in (MIGRATOR_DB_USER, RUNTIME_DB_USER):
-        asyncio.run(
-            _admin(
-                server_url, f'DO $$ BEGIN CREATE ROLE "{role}" LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$'
-            )
-        )
-    asyncio.run(_admin(url, _roles_sql(name)))
-    _alembic_through_the_connector(fake, name, "upgrade", "head")
-    return name
+def iam_database(shape: CloudSqlShape, fake: FakeCloudSQL, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database set up as on Cloud SQL: roles.sql as the admin, migrations by the migrator."""
+    granting = cloud_sql_roles.grant_roles(shape, tmp_path_factory.mktemp("grant"))
+    assert granting.returncode == 0, granting.stdout + granting.stderr
+    _alembic_through_the_connector(fake, shape, "upgrade", "head")
+    return shape.database
 
 
-def _alembic_through_the_connector(fake: FakeCloudSQL, database: str, *args: str) -> str:
+def _alembic_through_the_connector(fake: FakeCloudSQL, shape: CloudSqlShape, *args: str) -> str:
     environment = {
         "DATABASE_URL": "",
         "INSTANCE_CONNECTION_NAME": fake.connection_name,
-        "DB_IAM_USER": MIGRATOR,
-        "DB_NAME": database,
+        "DB_IAM_USER": shape.migrator_sa,
+        "DB_NAME": shape.database,
         "CLOUD_SQL_ADMIN_ENDPOINT": fake.url,
-        "GOOGLE_APPLICATION_CREDENTIALS": str(fake.key_file(MIGRATOR)),
+        "GOOGLE_APPLICATION_CREDENTIALS": str(fake.key_file(shape.migrator_sa)),
+        "SERVICE_NAME": shape.service,
     }
     return run_alembic_env(environment, *args)
 
@@ -110,14 +79,14 @@ def run_alembic_env(environment: dict[str, str], *args: str) -> str:
 
 @pytest.fixture
 async def app_client(
-    fake: FakeCloudSQL, iam_database: str, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCloudSQL, shape: CloudSqlShape, iam_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     """A fresh app (so a fresh connector) configured for Cloud SQL, as the runtime identity."""
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake.key_file(RUNTIME)))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake.key_file(shape.runtime_sa)))
     settings = Settings(
         database_url=None,
         instance_connection_name=fake.connection_name,
-        db_iam_user=RUNTIME,
+        db_iam_user=shape.runtime_sa,
         db_name=iam_database,
         cloud_sql_admin_endpoint=fake.url,
     )
@@ -136,7 +105,7 @@ async def _backend_users(server_url: str, database: str) -> set[str]:
 
 
 async def test_crud_runs_as_the_iam_user_with_no_password(
-    app_client: tuple[httpx.AsyncClient, Any], fake: FakeCloudSQL, server_url: str, iam_database: str
+    app_client: tuple[httpx.AsyncClient, Any], fake: FakeCloudSQL, server_url: str, shape: CloudSqlShape
 ) -> None:
     client, _ = app_client
     before = len(fake.connections)
@@ -149,10 +118,10 @@ async def test_crud_runs_as_the_iam_user_with_no_password(
     assert patched.status_code == 200
     assert (await client.get(task.headers["location"])).status_code == 200
     assert (await client.delete(url)).status_code == 204
-    assert await _backend_users(server_url, iam_database) == {RUNTIME_DB_USER}  # what PostgreSQL saw
+    assert await _backend_users(server_url, shape.database) == {shape.runtime}  # what PostgreSQL saw
     mine = fake.connections[before:]
     assert mine, "the app did not connect through the proxy"
-    assert {(c.user, c.principal, c.database) for c in mine} == {(RUNTIME_DB_USER, RUNTIME, iam_database)}
+    assert {(c.user, c.principal, c.database) for c in mine} == {(shape.runtime, shape.runtime_sa, shape.database)}
     assert not any(connection.password_sent for connection in mine)
 
 
@@ -203,6 +172,7 @@ async def test_an_expired_certificate_is_refreshed(
 async def test_a_connection_failure_is_a_503_then_the_next_request_recovers(
     app_client: tuple[httpx.AsyncClient, Any],
     fake: FakeCloudSQL,
+    shape: CloudSqlShape,
     caplog: pytest.LogCaptureFixture,
     failure: str,
     reason: str,
@@ -222,7 +192,7 @@ async def test_a_connection_failure_is_a_503_then_the_next_request_recovers(
     assert "ya29" not in response.text and "BEGIN" not in response.text  # no token, no key material
     logged = [record.getMessage() for record in caplog.records if record.name == "app.core.database"]
     assert len(logged) == 1
-    assert fake.connection_name in logged[0] and RUNTIME in logged[0] and reason in logged[0]
+    assert fake.connection_name in logged[0] and shape.runtime_sa in logged[0] and reason in logged[0]
     fake.admin_status, fake.token_error, fake.refuse_login = 200, False, False
     assert (await client.get("/v1/projects")).status_code == 200  # no stale failure cached
 
@@ -252,26 +222,12 @@ def test_the_proxy_refuses_a_certificate_it_did_not_issue(fake: FakeCloudSQL) ->
 
 
 def test_alembic_ran_through_the_connector_as_the_migrator(
-    fake: FakeCloudSQL, iam_database: str, server_url: str
+    fake: FakeCloudSQL, shape: CloudSqlShape, iam_database: str
 ) -> None:
-    output = _alembic_through_the_connector(fake, iam_database, "check")
+    output = _alembic_through_the_connector(fake, shape, "check")
     assert "No new upgrade operations detected" in output
-    owners = asyncio.run(_table_owners(with_database(server_url, iam_database)))
-    assert owners == dict.fromkeys(["alembic_version", *SQLModel.metadata.tables], MIGRATOR_DB_USER)
-
-
-async def _table_owners(url: str) -> dict[str, str]:
-    rows = await fetch(url, "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")
-    return {row["tablename"]: row["tableowner"] for row in rows}
-
-
-async def test_the_runtime_user_can_write_rows_but_not_change_the_schema(iam_database: str, server_url: str) -> None:
-    url = make_url(with_database(server_url, iam_database)).set(username=RUNTIME_DB_USER)
-    connection = await asyncpg.connect(libpq_url(url.render_as_string(False)))
-    try:
-        await connection.execute("INSERT INTO projects (name) VALUES ($1)", unique("runtime"))
-        for ddl in ["CREATE TABLE intruder (id int)", "DROP TABLE tasks", "ALTER TABLE projects ADD COLUMN x int"]:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await connection.execute(ddl)
-    finally:
-        await connection.close()
+    rows = asyncio.run(
+        fetch(shape.url(shape.admin), "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public'")
+    )
+    owners = {row["tablename"]: row["tableowner"] for row in rows}
+    assert owners == dict.fromkeys(["alembic_version", *SQLModel.metadata.tables], shape.owner)

@@ -1,25 +1,36 @@
-"""cloudbuild.yaml and scripts/bootstrap.sh, checked offline.
+"""cloudbuild.yaml and the IAM it needs, checked offline.
 
 The pipeline's shape (ids, waitFor, order), its substitutions and service accounts, and no secret
-anywhere. What can run here does: the lint step's commands, bootstrap's syntax and --help, and the
-smoke-test script against stub `gcloud` and `sleep` commands and a local HTTP server. The test step is
-not run (it is this suite); it must be the README's test command, which CI runs.
+anywhere. The permissions: docs/permissions.md lists what every step needs; scripts/bootstrap.sh
+runs against a stand-in gcloud that keeps IAM policies (tests/fake_gcloud.py), and each service
+account must then hold every permission of its steps. What can run here does: the lint step's
+commands, and the deploy and smoke-test steps as the migrator, through the stand-in gcloud, real
+curl, an emulation of Google's front end (identity token, run.routes.invoke) and the real function.
+The test step is not run (it is this suite); it must be the README's test command, which CI runs.
 """
 
 import ast
+import asyncio
 import http.server
-import os
+import json
 import re
 import shlex
 import shutil
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
+
+from tests import fake_gcloud, iam_model
+from tests.function_server import serve_function
+from tests.helpers import admin
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "cloudbuild.yaml"
@@ -50,7 +61,7 @@ REFERENCE = re.compile(r"\$\$|\$\{(\w+)\}|\$(\w+)")
 SECRET_LOOKING = [
     re.compile(r"passw(?:or)?d\s*[=:]", re.IGNORECASE),
     re.compile(r"--(?:root-)?password(?:=|\s)", re.IGNORECASE),
-    re.compile(r"PGPASSWORD", re.IGNORECASE),
+    re.compile(r"PGPASSWORD\s*=", re.IGNORECASE),  # set in a file; naming the variable is fine
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r"\"private_key(?:_id)?\"\s*:"),
     re.compile(r"GOOGLE_APPLICATION_CREDENTIALS"),
@@ -301,27 +312,8 @@ def test_every_script_a_step_calls_exists(config: dict[str, Any]) -> None:
                 assert absolute.startswith(".venv/") or (ROOT / absolute).exists(), (build_step["id"], absolute)
 
 
-def test_bootstrap_passes_bash_n() -> None:
-    result = subprocess.run([tool("bash"), "-n", str(BOOTSTRAP)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-
-
-def test_bootstrap_help_calls_no_gcloud(tmp_path: Path) -> None:
-    calls = tmp_path / "gcloud-calls"
-    gcloud = tmp_path / "gcloud"
-    gcloud.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\n')
-    gcloud.chmod(0o755)
-    environment = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    result = subprocess.run([tool("bash"), str(BOOTSTRAP), "--help"], capture_output=True, text=True, env=environment)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Usage: scripts/bootstrap.sh")
-    refused = subprocess.run([tool("bash"), str(BOOTSTRAP), "--bogus"], capture_output=True, text=True, env=environment)
-    assert refused.returncode == 2
-    assert not calls.exists(), calls.read_text()
-
-
 def test_nothing_looks_like_a_secret(config: dict[str, Any]) -> None:
-    for path in (CONFIG, BOOTSTRAP):
+    for path in (CONFIG, *sorted((ROOT / "scripts").glob("*.sh"))):
         for line_number, line in enumerate(path.read_text().splitlines(), start=1):
             for pattern in SECRET_LOOKING:
                 assert not pattern.search(line), f"{path.name}:{line_number} looks like a secret: {line.strip()}"
@@ -361,26 +353,116 @@ def test_every_build_submit_uploads_with_the_gitignore() -> None:
     assert ignored.returncode == 1, f"the build's upload would lack: {ignored.stdout.split()} {ignored.stderr}"
 
 
-# The smoke test, run here: stub `gcloud` (URL and token) and `sleep`, real curl, a local server.
+# IAM: bootstrap's grants, run through the stand-in gcloud, against docs/permissions.md.
 
-TOKEN = "stub-identity-token"
+PROJECT = "demo-project"
+OWNER = "user:owner@example.com"
+MIGRATOR = f"serviceAccount:migrator@{PROJECT}.iam.gserviceaccount.com"
+RUNTIME = f"serviceAccount:projects-api@{PROJECT}.iam.gserviceaccount.com"
 
 
-class FunctionStub(http.server.ThreadingHTTPServer):
-    """GET /readyz as a private function would answer it: `anonymous` without the token, then `authorized`."""
+def run_bootstrap(state_file: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/bootstrap.sh as a project Owner with default settings (PROJECT from gcloud's config)."""
+    return subprocess.run(
+        [tool("bash"), str(BOOTSTRAP)],
+        env=fake_gcloud.environment(bin_dir, state_file, OWNER),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
-    def __init__(self, anonymous: int, authorized: list[int]) -> None:
+
+@pytest.fixture(scope="module")
+def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The project's state after bootstrap, as the stand-in gcloud kept it."""
+    folder = tmp_path_factory.mktemp("bootstrap")
+    state_file = folder / "state.json"
+    state_file.write_text(json.dumps(fake_gcloud.new_state(PROJECT, OWNER)))
+    result = run_bootstrap(state_file, fake_gcloud.install(folder))
+    assert result.returncode == 0, result.stdout + result.stderr
+    state: dict[str, Any] = json.loads(state_file.read_text())
+    return state
+
+
+def member_of(runs_as: str) -> str:
+    return {"you": OWNER, "migrator": MIGRATOR, "runtime": RUNTIME}[runs_as]
+
+
+def resource_of(on: str) -> str:
+    return {
+        "project": "project",
+        "function": "function",
+        "RUNTIME_SA": RUNTIME.split(":", 1)[1],
+        "MIGRATOR_SA": MIGRATOR.split(":", 1)[1],
+    }[on]
+
+
+def test_every_identity_holds_every_permission_its_steps_need(bootstrapped: dict[str, Any]) -> None:
+    """Each row of docs/permissions.md: the identity holds the row's role, through bootstrap's
+    grants, on the row's resource, and the role table says that role holds the permission."""
+    roles = iam_model.role_permissions()
+    for need in iam_model.needs():
+        if need.permission == "—":
+            continue
+        assert need.permission in roles[need.role], f"the role table does not give {need.role} {need.permission}"
+        member, resource = member_of(need.runs_as), resource_of(need.on)
+        if need.runs_as == "you":  # an Owner; the row's role is what a non-Owner would need
+            assert iam_model.holds(bootstrapped, member, need.permission, resource), need
+        else:
+            held = iam_model.granted_roles(bootstrapped, member, resource)
+            assert need.role in held, f"{need.runs_as} lacks {need.role} on {need.on} for {need.command}: {held}"
+
+
+def test_the_table_covers_the_steps_of_the_build(config: dict[str, Any]) -> None:
+    ids = {build_step["id"] for build_step in steps(config)}
+    table_steps = {need.step for need in iam_model.needs() if need.runs_as == "migrator"}
+    assert table_steps <= ids | {"build", "function build"}, table_steps - ids
+    assert {"migrate", "deploy", "smoke-test"} <= table_steps
+    for build_step in steps(config):  # every gcloud command a step runs has its rows
+        text = " ".join(command(build_step))
+        for words in re.findall(r"\bgcloud((?: [a-z][a-z-]+)+)", text):
+            rows = [need for need in iam_model.needs() if need.step == build_step["id"]]
+            called = words.split()
+            assert any(iam_model.gcloud_command(need.command) == called[: len(called)] for need in rows), (
+                build_step["id"],
+                words,
+            )
+
+
+def test_bootstrap_grants_the_service_accounts_nothing_the_table_does_not_name(bootstrapped: dict[str, Any]) -> None:
+    for runs_as in ("migrator", "runtime"):
+        member = member_of(runs_as)
+        named = {need.role for need in iam_model.needs() if need.runs_as == runs_as}
+        granted = iam_model.roles_of(member, bootstrapped["project_policy"])
+        for account in bootstrapped["service_accounts"].values():
+            granted |= iam_model.roles_of(member, account["policy"])
+        assert granted == named, f"{runs_as}: granted {sorted(granted - named)}, missing {sorted(named - granted)}"
+
+
+def test_the_smoke_tests_token_is_the_migrators_own_and_service_account_user_does_not_give_it(
+    bootstrapped: dict[str, Any],
+) -> None:
+    migrator = MIGRATOR.split(":", 1)[1]
+    assert "roles/iam.serviceAccountOpenIdTokenCreator" in iam_model.granted_roles(bootstrapped, MIGRATOR, migrator)
+    assert "iam.serviceAccounts.getOpenIdToken" not in iam_model.role_permissions()["roles/iam.serviceAccountUser"]
+
+
+# The deploy and smoke-test steps, run here as the migrator: the stand-in gcloud (with the IAM
+# state bootstrap left), real curl, and an emulation of Google's front end, which admits a caller
+# only with an identity token for its URL and run.routes.invoke, then forwards to the function.
+
+
+class FrontEnd(http.server.ThreadingHTTPServer):
+    """Google's front end of a private function. `upstream` is the function's URL, or a list of
+    canned statuses for the authorized calls (the last one repeats)."""
+
+    def __init__(self, state_file: Path, upstream: str | list[int]) -> None:
         self.authorized_calls = 0
-        stub = self
+        front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.headers.get("Authorization") == f"Bearer {TOKEN}":
-                    status = authorized[min(stub.authorized_calls, len(authorized) - 1)]
-                    stub.authorized_calls += 1
-                else:
-                    status = anonymous
-                body = b'{"status": "ok"}' if status == 200 else b'{"status": %d}' % status
+                status, body = front.answer(self.path, self.headers.get("Authorization", ""))
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -390,74 +472,142 @@ class FunctionStub(http.server.ThreadingHTTPServer):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.state_file = state_file
+        self.upstream = upstream
+
+    def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
+        member = "allUsers"
+        if authorization:
+            claims = fake_gcloud.read_identity_token(authorization.removeprefix("Bearer "))
+            if claims is None or claims["aud"] != self.url:
+                return 401, b"Unauthorized: not an identity token for this URL"
+            member = claims["sub"]
+        state = json.loads(self.state_file.read_text())
+        if not iam_model.holds(state, member, "run.routes.invoke", "function"):
+            return 403, b"Forbidden: your client does not have permission to get this URL"
+        if isinstance(self.upstream, list):
+            status = 200 if member == "allUsers" else self.upstream[min(self.authorized_calls, len(self.upstream) - 1)]
+            self.authorized_calls += member != "allUsers"
+            return status, b'{"items": [], "next_cursor": null}' if status == 200 else b'{"status": %d}' % status
+        self.authorized_calls += member != "allUsers"
+        answer = httpx.get(self.upstream + path, timeout=30)
+        return answer.status_code, answer.content
 
 
-def run_smoke_test(
-    config: dict[str, Any], tmp_path: Path, anonymous_status: int, authorized_statuses: list[int]
-) -> tuple[subprocess.CompletedProcess[str], list[str], int]:
+def deploy_and_smoke_test(
+    config: dict[str, Any], folder: Path, state: dict[str, Any], upstream: str | list[int]
+) -> tuple[subprocess.CompletedProcess[str], FrontEnd]:
+    """The deploy step's gcloud command, then the smoke-test script, both as the migrator."""
     tool("curl")  # the script's HTTP client, as in the cloud-sdk image
-    smoke = step(config, "smoke-test")
-    assert smoke["entrypoint"] == "bash" and smoke["args"][0] == "-c"
-    values = default_values(config)
-    script = substitute(smoke["args"][1], values)
-    environment = dict(substitute(item, values).split("=", 1) for item in smoke["env"])
-
-    server = FunctionStub(anonymous_status, authorized_statuses)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-
-    stubs = tmp_path / "bin"
-    stubs.mkdir()
-    (stubs / "gcloud").write_text(
-        "#!/bin/sh\n"
-        'echo "$*" >> "$STUB_LOG"\n'
-        'case "$1 $2" in\n'
-        f'  "functions describe") echo "{url}" ;;\n'
-        f'  "auth print-identity-token") echo "{TOKEN}" ;;\n'
-        "  *) exit 3 ;;\n"
-        "esac\n"
-    )
-    (stubs / "sleep").write_text("#!/bin/sh\n")
-    for stub in stubs.iterdir():
-        stub.chmod(0o755)
-    log = tmp_path / "gcloud.log"
+    state_file = folder / "state.json"
+    state_file.write_text(json.dumps(state))
+    bin_dir = fake_gcloud.install(folder)
+    values = default_values(config) | {"PROJECT_ID": PROJECT}
+    front = FrontEnd(state_file, upstream)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
     try:
+        with_uri = json.loads(state_file.read_text()) | {"function_uri": front.url}
+        state_file.write_text(json.dumps(with_uri))
+        deploy = [substitute(argument, values) for argument in command(step(config, "deploy"))]
+        environment = fake_gcloud.environment(bin_dir, state_file, MIGRATOR)
+        deployed = subprocess.run(deploy, env=environment, capture_output=True, text=True, timeout=60)
+        assert deployed.returncode == 0, deployed.stderr
+        smoke = step(config, "smoke-test")
+        assert smoke["entrypoint"] == "bash" and smoke["args"][0] == "-c"
+        script = substitute(smoke["args"][1], values)
+        settings = dict(substitute(item, values).split("=", 1) for item in smoke["env"])
         result = subprocess.run(
-            [tool("bash"), "-c", script],
-            env={**environment, "PATH": f"{stubs}:{os.environ['PATH']}", "STUB_LOG": str(log)},
-            capture_output=True,
-            text=True,
-            timeout=120,
+            [tool("bash"), "-c", script], env=environment | settings, capture_output=True, text=True, timeout=120
         )
     finally:
-        server.shutdown()
-        server.server_close()
-    return result, log.read_text().splitlines(), server.authorized_calls
+        front.shutdown()
+        front.server_close()
+    return result, front
 
 
-def test_the_smoke_test_passes_once_readyz_answers_200_to_the_token(config: dict[str, Any], tmp_path: Path) -> None:
-    result, gcloud_calls, calls = run_smoke_test(config, tmp_path, 403, [503, 200])
+@pytest.fixture(scope="module")
+def served_function(database_url: str) -> Iterator[str]:
+    """The real function on the suite's database, whose user may read and write every table."""
+    with serve_function(database_url, source="main.py") as server:
+        yield server.base_url
+
+
+@pytest.fixture(scope="module")
+def function_without_grants(server_url: str, database_url: str) -> Iterator[str]:
+    """The real function logged in as a database user that may connect but was granted no table,
+    as when roles.sql has not run: /readyz answers 200, every /v1 read fails."""
+    user = f"no_grants_{uuid.uuid4().hex[:10]}"
+    asyncio.run(admin(server_url, f'CREATE ROLE "{user}" LOGIN'))
+    url = make_url(database_url).set(username=user).render_as_string(hide_password=False)
+    try:
+        with serve_function(url, source="main.py") as server:
+            assert httpx.get(f"{server.base_url}/readyz", timeout=10).status_code == 200
+            yield server.base_url
+    finally:
+        asyncio.run(admin(server_url, f'DROP ROLE IF EXISTS "{user}"'))
+
+
+def test_deploy_then_smoke_test_read_a_table_through_the_front_end(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any], served_function: str
+) -> None:
+    result, front = deploy_and_smoke_test(config, tmp_path, bootstrapped, served_function)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert calls == 2  # retried after the 503
-    url = result.stdout.split("function URL: ", 1)[1].split()[0]
-    assert gcloud_calls == [
-        "functions describe projects-api --gen2 --region=europe-west1 --format=value(serviceConfig.uri)",
-        f"auth print-identity-token --audiences={url}",
-    ]
+    assert "GET /v1/projects?limit=1: 200, the runtime reads its tables" in result.stdout
+    assert front.authorized_calls == 1
+    state = json.loads((tmp_path / "state.json").read_text())
+    calls = [call["args"][:2] for call in state["calls"] if call["account"] == MIGRATOR]
+    assert calls == [["functions", "deploy"], ["functions", "describe"], ["auth", "print-identity-token"]]
+    (function,) = state["functions"].values()
+    assert function["service_account"] == RUNTIME.split(":", 1)[1]
+
+
+def test_the_build_fails_when_the_runtime_cannot_read_its_tables(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any], function_without_grants: str
+) -> None:
+    """/readyz says 200; the read of a table is what shows the grants are missing."""
+    result, front = deploy_and_smoke_test(config, tmp_path, bootstrapped, function_without_grants)
+    assert result.returncode != 0
+    assert front.authorized_calls == 1, "a 500 is not worth retrying"
+    assert "GET /v1/projects?limit=1 answered 500" in result.stdout
+    assert "lacks its grants (scripts/grant_roles.sh)" in result.stdout
+
+
+def test_without_the_openid_token_role_the_smoke_test_gets_no_token(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any]
+) -> None:
+    state = json.loads(json.dumps(bootstrapped))
+    migrator = MIGRATOR.split(":", 1)[1]
+    del state["service_accounts"][migrator]["policy"]["roles/iam.serviceAccountOpenIdTokenCreator"]
+    result, front = deploy_and_smoke_test(config, tmp_path, state, [200])
+    assert result.returncode != 0
+    assert "Permission 'iam.serviceAccounts.getOpenIdToken' denied" in result.stderr
+    assert front.authorized_calls == 0
+
+
+def test_the_smoke_test_retries_while_the_function_starts(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any]
+) -> None:
+    result, front = deploy_and_smoke_test(config, tmp_path, bootstrapped, [503, 403, 200])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert front.authorized_calls == 3
+
+
+def test_the_smoke_test_fails_when_the_function_never_answers_200(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any]
+) -> None:
+    result, front = deploy_and_smoke_test(config, tmp_path, bootstrapped, [503])
+    assert result.returncode != 0
+    assert front.authorized_calls == 6
+    assert "never answered 200" in result.stdout
 
 
 def test_the_smoke_test_fails_when_the_function_answers_anonymous_callers(
-    config: dict[str, Any], tmp_path: Path
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any]
 ) -> None:
-    result, _, calls = run_smoke_test(config, tmp_path, 200, [200])
+    state = json.loads(json.dumps(bootstrapped))
+    state["project_policy"].setdefault("roles/run.invoker", []).append("allUsers")
+    result, front = deploy_and_smoke_test(config, tmp_path, state, [200])
     assert result.returncode != 0
-    assert calls == 0
     assert "must refuse callers without a token" in result.stdout
-
-
-def test_the_smoke_test_fails_when_readyz_never_answers_200(config: dict[str, Any], tmp_path: Path) -> None:
-    result, _, calls = run_smoke_test(config, tmp_path, 403, [503])
-    assert result.returncode != 0
-    assert calls == 6
-    assert "never answered 200" in result.stdout
+    assert front.authorized_calls == 0

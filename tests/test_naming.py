@@ -14,7 +14,8 @@ from tests.helpers import ROOT
 
 
 def _names(root: Path) -> dict[str, str]:
-    bootstrap = (root / "scripts" / "bootstrap.sh").read_text()
+    deploy_settings = (root / "scripts" / "deploy_settings.sh").read_text()
+    roles_sql = (root / "migrations" / "roles.sql").read_text()
     cloudbuild = yaml.safe_load((root / "cloudbuild.yaml").read_text())["substitutions"]
     settings_source = (root / "app" / "core" / "settings.py").read_text()
     return {
@@ -22,7 +23,9 @@ def _names(root: Path) -> dict[str, str]:
         "settings": re.search(r'service_name: str = Field\(default="([^"]+)"', settings_source).group(1),  # type: ignore[union-attr]
         "cloudbuild _FUNCTION": cloudbuild["_FUNCTION"],
         "cloudbuild _RUNTIME_SA": cloudbuild["_RUNTIME_SA"].split("@")[0],
-        "bootstrap FUNCTION": re.search(r'FUNCTION="\$\{FUNCTION:-([^}]+)\}"', bootstrap).group(1),  # type: ignore[union-attr]
+        "deploy settings FUNCTION": re.search(r'FUNCTION="\$\{FUNCTION:-([^}]+)\}"', deploy_settings).group(1),  # type: ignore[union-attr]
+        # migrations/env.py acts as SERVICE_NAME-owner; roles.sql creates it under its default name.
+        "roles.sql owner": re.search(r"\\set owner (\S+)-owner\n", roles_sql).group(1),  # type: ignore[union-attr]
     }
 
 

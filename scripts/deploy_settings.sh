@@ -1,0 +1,67 @@
+# Settings and helpers shared by scripts/bootstrap.sh, scripts/grant_roles.sh and
+# scripts/teardown.sh, which source this file first. Each setting is an environment variable; its
+# default follows the colon. load_settings reads them, once the arguments are checked.
+#   PROJECT      project id: gcloud config get-value project
+#   REGION       region of the instance, the function and the build: europe-west1
+#   INSTANCE     Cloud SQL instance: projects-db
+#   DB_NAME      database: app
+#   FUNCTION     the function: projects-api
+#   RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
+#   MIGRATOR_SA  the build's service account (migrations, deploy): migrator@PROJECT.iam.gserviceaccount.com
+
+die() {
+  echo "$(basename "$0"): $*" >&2
+  exit 1
+}
+
+step() {
+  echo "==> $*"
+}
+
+# Each script takes one optional argument: --help prints its usage (the script's `usage`), the
+# script's one flag (the first argument here, if any) is accepted, anything else is refused.
+check_arguments() {
+  local allowed="$1"
+  shift
+  if [ "$#" -gt 1 ]; then
+    echo "one argument at most (try --help)" >&2
+    exit 2
+  fi
+  case "${1:-}" in
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    "") ;;
+    *)
+      if [ -z "$allowed" ] || [ "$1" != "$allowed" ]; then
+        echo "unknown argument: $1 (try --help)" >&2
+        exit 2
+      fi
+      ;;
+  esac
+}
+
+# The settings and the names derived from them. Not on --help: looking PROJECT up calls gcloud.
+load_settings() {
+  if [ -z "${PROJECT:-}" ] && command -v gcloud >/dev/null; then
+    PROJECT="$(gcloud config get-value project 2>/dev/null || true)"
+  fi
+  [ -n "${PROJECT:-}" ] || die "no project: set PROJECT or run 'gcloud config set project PROJECT_ID'"
+  REGION="${REGION:-europe-west1}"
+  INSTANCE="${INSTANCE:-projects-db}"
+  DB_NAME="${DB_NAME:-app}"
+  FUNCTION="${FUNCTION:-projects-api}"
+  RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
+  MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
+
+  for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
+    [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||
+      die "$sa: expected a service account of project $PROJECT (NAME@${PROJECT}.iam.gserviceaccount.com)"
+  done
+
+  # Cloud SQL names a service account's IAM database user after its email without the domain suffix.
+  RUNTIME_DB_USER="${RUNTIME_SA%.gserviceaccount.com}"
+  MIGRATOR_DB_USER="${MIGRATOR_SA%.gserviceaccount.com}"
+  CONNECTION_NAME="${PROJECT}:${REGION}:${INSTANCE}"
+}

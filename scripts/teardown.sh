@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Deletes what scripts/bootstrap.sh and the build created. Safe to run again. See --help.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/teardown.sh [--yes] [--help]
+
+Deletes, in this order, whatever of it still exists:
+  - the function FUNCTION in REGION (the build deployed it);
+  - the Cloud SQL instance INSTANCE, with every database and all data on it, after you type the
+    instance's name to confirm (--yes: without asking). Without a terminal and without --yes the
+    instance is kept, and so are its databases and database users;
+  - every project role of RUNTIME_SA and MIGRATOR_SA, then the two service accounts (the grants
+    made on them go with them).
+It keeps the enabled APIs (other resources of the project may use them), and it lists at the end
+what the builds left behind: Cloud Storage buckets and the function's images.
+Run it as a project Owner, with the settings you gave scripts/bootstrap.sh.
+
+Settings (environment variables; default after the colon):
+EOF
+  sed -n 's/^#   /  /p' "$(dirname "$0")/deploy_settings.sh"
+}
+
+source "$(dirname "$0")/deploy_settings.sh"
+check_arguments --yes "$@"
+delete_without_asking=no
+if [ "${1:-}" = --yes ]; then
+  delete_without_asking=yes
+fi
+
+command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+load_settings
+
+echo "Project $PROJECT, region $REGION, instance $INSTANCE, function $FUNCTION"
+echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
+
+step "Function $FUNCTION"
+if gcloud functions describe "$FUNCTION" --gen2 --region="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
+  gcloud functions delete "$FUNCTION" --gen2 --region="$REGION" --project="$PROJECT" --quiet
+else
+  echo "    not found"
+fi
+
+confirm_instance() {
+  if [ "$delete_without_asking" = yes ]; then
+    return 0
+  fi
+  if [ ! -t 0 ]; then
+    echo "    kept: to delete it, run this on a terminal and confirm, or pass --yes"
+    return 1
+  fi
+  local answer
+  printf '    Delete %s and ALL its data? Type the instance name to confirm: ' "$INSTANCE"
+  read -r answer || true
+  if [ "$answer" = "$INSTANCE" ]; then
+    return 0
+  fi
+  echo "    kept: the answer was not the instance name"
+  return 1
+}
+
+step "Cloud SQL instance $INSTANCE"
+if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&1; then
+  if confirm_instance; then
+    gcloud sql instances delete "$INSTANCE" --project="$PROJECT" --quiet
+  else
+    echo "    its IAM database users $MIGRATOR_DB_USER and $RUNTIME_DB_USER stay; once the service"
+    echo "    accounts are gone they cannot log in (gcloud sql users delete ... removes them)"
+  fi
+else
+  echo "    not found"
+fi
+
+step "Service accounts and their project roles"
+# A deleted service account's bindings stay in the policy as deleted:serviceAccount:EMAIL?uid=...;
+# those are removed too, so a second run cleans up after an interrupted first one.
+policy="$(gcloud projects get-iam-policy "$PROJECT" --flatten='bindings[].members' \
+  --format='value(bindings.role,bindings.members)')"
+for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
+  while IFS=$'\t' read -r role member; do
+    case "$member" in
+      "serviceAccount:$sa" | "deleted:serviceAccount:$sa?uid="*)
+        echo "    $role: removing $member"
+        gcloud projects remove-iam-policy-binding "$PROJECT" --member="$member" --role="$role" \
+          --all --quiet >/dev/null
+        ;;
+    esac
+  done <<<"$policy"
+  if gcloud iam service-accounts describe "$sa" --project="$PROJECT" >/dev/null 2>&1; then
+    gcloud iam service-accounts delete "$sa" --project="$PROJECT" --quiet
+  else
+    echo "    $sa not found"
+  fi
+done
+
+cat <<EOF
+
+Done. Left in the project, if you want them gone too:
+  - the APIs bootstrap enabled: gcloud services disable ... (other resources may use them);
+  - the builds' sources: gcloud storage buckets list --project=${PROJECT} (${PROJECT}_cloudbuild,
+    and gcf-v2-sources-* and gcf-v2-uploads-* for the function), then gcloud storage rm -r gs://BUCKET;
+  - the function's images, in the gcf-artifacts repository of ${REGION}:
+    gcloud artifacts repositories delete gcf-artifacts --location=${REGION} --project=${PROJECT}
+    (it holds the images of every function of the region).
+EOF

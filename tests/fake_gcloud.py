@@ -1,0 +1,320 @@
+"""A stand-in for the `gcloud` commands this repository runs, which enforces IAM as Google does.
+
+State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
+(each with its own policy), Cloud SQL instances (flags, databases, users), functions and enabled
+services. The caller is FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as
+`gcloud config get-value account` or Cloud Build's metadata server would make it.
+
+Before doing anything a command checks the permissions docs/permissions.md lists for it against
+the caller's roles (tests/iam_model.py), and fails as gcloud does, with PERMISSION_DENIED and exit
+status 1, when one is missing. A stub that accepts everything would prove nothing about the grants.
+Every call is appended to the state's `calls`.
+"""
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import iam_model
+
+TOKEN_PREFIX = "fake-identity-token."
+
+
+class Refused(Exception):
+    pass
+
+
+def read_identity_token(token: str) -> dict[str, str] | None:
+    """The caller and audience of a token this stand-in printed; None for anything else."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    claims: dict[str, str] = json.loads(base64.urlsafe_b64decode(token.removeprefix(TOKEN_PREFIX)))
+    return claims
+
+
+def _flags(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    positional, flags = [], {}
+    for word in words:
+        if word.startswith("--"):
+            name, _, value = word[2:].partition("=")
+            flags[name] = value
+        else:
+            positional.append(word)
+    return positional, flags
+
+
+class Gcloud:
+    def __init__(self, state: dict[str, Any], account: str) -> None:
+        self.state = state
+        self.account = account
+
+    # ---- IAM ---------------------------------------------------------------------------------
+    def require(self, command: list[str], **resources: str) -> None:
+        """Every permission the table lists for this command, on the resource each row names."""
+        rows = {
+            (need.permission, need.on)
+            for need in iam_model.needs()
+            if iam_model.gcloud_command(need.command) == command and need.permission != "—"
+        }
+        for permission, on in sorted(rows):
+            resource = resources.get(on, "project") if on != "project" else "project"
+            if not iam_model.holds(self.state, self.account, permission, resource):
+                target = "" if resource == "project" else f" on {resource}"
+                raise Refused(
+                    f"PERMISSION_DENIED: Permission '{permission}' denied{target} "
+                    f"for {self.account} (gcloud {' '.join(command)})"
+                )
+
+    # ---- commands ------------------------------------------------------------------------------
+    def run(self, words: list[str]) -> str:
+        positional, flags = _flags(words)
+        known = [command for need in iam_model.needs() if (command := iam_model.gcloud_command(need.command))]
+        matches = [command for command in known if positional[: len(command)] == command]
+        if not matches:
+            raise Refused(f"docs/permissions.md lists no command gcloud {' '.join(positional[:3])}")
+        path = max(matches, key=len)
+        arguments = positional[len(path) :]
+        handler = getattr(self, "_" + "_".join(part.replace("-", "_") for part in path))
+        self.require(path, **self._resources(path, arguments, flags))
+        output: str = handler(arguments, flags)
+        return output
+
+    def _resources(self, path: list[str], arguments: list[str], flags: dict[str, str]) -> dict[str, str]:
+        """The resources the table's rows name, as this call names them."""
+        if path == ["functions", "deploy"]:
+            return {
+                "RUNTIME_SA": flags["service-account"],
+                "MIGRATOR_SA": flags["build-service-account"].rsplit("/", 1)[-1],
+            }
+        if path == ["auth", "print-identity-token"]:
+            return {"MIGRATOR_SA": self.account.removeprefix("serviceAccount:")}
+        if path[:2] == ["iam", "service-accounts"] and arguments:
+            return {"RUNTIME_SA": arguments[0], "MIGRATOR_SA": arguments[0]}
+        return {}
+
+    def _config_get_value(self, arguments: list[str], flags: dict[str, str]) -> str:
+        return {"project": self.state["project"], "account": self.account.split(":", 1)[1]}[arguments[0]]
+
+    def _services_enable(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self.state["services"] = sorted(set(self.state["services"]) | set(arguments))
+        return ""
+
+    def _iam_service_accounts_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state["service_accounts"]:
+            raise Refused(f"NOT_FOUND: Unknown service account {arguments[0]}")
+        return f"email: {arguments[0]}"
+
+    def _iam_service_accounts_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        email = f"{arguments[0]}@{self.state['project']}.iam.gserviceaccount.com"
+        if email in self.state["service_accounts"]:
+            raise Refused(f"ALREADY_EXISTS: Service account {email} already exists")
+        self.state["service_accounts"][email] = {"policy": {}}
+        return f"Created service account [{arguments[0]}]."
+
+    def _iam_service_accounts_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self.state["service_accounts"].pop(arguments[0], None) is None:
+            raise Refused(f"NOT_FOUND: Unknown service account {arguments[0]}")
+        # IAM keeps the bindings, under a `deleted:` member, until someone removes them.
+        for members in self.state["project_policy"].values():
+            members[:] = [
+                f"deleted:{member}?uid=1" if member == f"serviceAccount:{arguments[0]}" else member
+                for member in members
+            ]
+        return f"deleted service account [{arguments[0]}]"
+
+    def _iam_service_accounts_add_iam_policy_binding(self, arguments: list[str], flags: dict[str, str]) -> str:
+        account = self.state["service_accounts"].get(arguments[0])
+        if account is None:
+            raise Refused(f"NOT_FOUND: Unknown service account {arguments[0]}")
+        self._bind(account["policy"], flags["member"], flags["role"])
+        return ""
+
+    def _projects_add_iam_policy_binding(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("condition") == "None", "a project binding without --condition=None prompts"
+        self._bind(self.state["project_policy"], flags["member"], flags["role"])
+        return ""
+
+    def _projects_get_iam_policy(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags == {"flatten": "bindings[].members", "format": "value(bindings.role,bindings.members)"}, flags
+        return "\n".join(
+            f"{role}\t{member}" for role, members in self.state["project_policy"].items() for member in members
+        )
+
+    def _projects_remove_iam_policy_binding(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "all" in flags, "without --all a conditional binding would stay"
+        members = self.state["project_policy"].get(flags["role"], [])
+        if flags["member"] not in members:
+            raise Refused(f"Policy binding with the specified principal, role, and condition not found! {flags}")
+        members.remove(flags["member"])
+        return ""
+
+    def _bind(self, policy: dict[str, list[str]], member: str, role: str) -> None:
+        if member.startswith("serviceAccount:") and member.split(":", 1)[1] not in self.state["service_accounts"]:
+            raise Refused(f"INVALID_ARGUMENT: Service account {member} does not exist.")
+        members = policy.setdefault(role, [])
+        if member not in members:
+            members.append(member)
+
+    def _sql_instances_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        instance = self._instance(arguments[0])
+        if flags.get("format", "").startswith("value[separator"):
+            return "\n".join(f"{name}={value}" for name, value in instance["flags"].items())
+        return f"name: {arguments[0]}"
+
+    def _sql_instances_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] in self.state["instances"]:
+            raise Refused(f"the instance {arguments[0]} already exists")
+        database_flags = dict(flag.split("=", 1) for flag in flags["database-flags"].split(","))
+        self.state["instances"][arguments[0]] = {"flags": database_flags, "databases": ["postgres"], "users": []}
+        self.state["instances"][arguments[0]]["users"].append("postgres")
+        return ""
+
+    def _sql_instances_patch(self, arguments: list[str], flags: dict[str, str]) -> str:
+        value = flags["database-flags"]
+        separator = ","
+        if value.startswith("^"):
+            separator, value = value[1], value[3:]
+        # --database-flags replaces every flag, as on Google Cloud.
+        self._instance(arguments[0])["flags"] = dict(flag.split("=", 1) for flag in value.split(separator))
+        return ""
+
+    def _sql_instances_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._instance(arguments[0])
+        del self.state["instances"][arguments[0]]
+        return ""
+
+    def _sql_databases_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self._instance(flags["instance"])["databases"]:
+            raise Refused(f"NOT_FOUND: database {arguments[0]}")
+        return f"name: {arguments[0]}"
+
+    def _sql_databases_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._instance(flags["instance"])["databases"].append(arguments[0])
+        return ""
+
+    def _sql_users_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(name)", flags
+        return "\n".join(self._instance(flags["instance"])["users"])
+
+    def _sql_users_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        users = self._instance(flags["instance"])["users"]
+        if arguments[0] in users:
+            raise Refused(f"the user {arguments[0]} already exists")
+        users.append(arguments[0])
+        return ""
+
+    def _sql_users_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        users = self._instance(flags["instance"])["users"]
+        if arguments[0] not in users:
+            raise Refused(f"NOT_FOUND: user {arguments[0]}")
+        users.remove(arguments[0])
+        return ""
+
+    def _instance(self, name: str) -> dict[str, Any]:
+        if name not in self.state["instances"]:
+            raise Refused(f"NOT_FOUND: The Cloud SQL instance {name} does not exist.")
+        instance: dict[str, Any] = self.state["instances"][name]
+        return instance
+
+    def _functions_deploy(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "gen2" in flags, "a 2nd gen function needs --gen2"
+        function = self.state["functions"].setdefault(arguments[0], {"policy": {}})
+        function |= {
+            "region": flags["region"],
+            "service_account": flags["service-account"],
+            "uri": self.state.get("function_uri", f"https://{arguments[0]}-fake.a.run.app"),
+        }
+        return ""
+
+    def _functions_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        function = self._function(arguments[0], flags)
+        if flags.get("format") == "value(serviceConfig.uri)":
+            return str(function["uri"])
+        return f"name: {arguments[0]}"
+
+    def _functions_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._function(arguments[0], flags)
+        del self.state["functions"][arguments[0]]
+        return ""
+
+    def _function(self, name: str, flags: dict[str, str]) -> dict[str, Any]:
+        assert "gen2" in flags, "a 2nd gen function needs --gen2"
+        if name not in self.state["functions"]:
+            raise Refused(f"NOT_FOUND: Resource 'projects/{self.state['project']}/.../functions/{name}' was not found")
+        function: dict[str, Any] = self.state["functions"][name]
+        return function
+
+    def _auth_print_identity_token(self, arguments: list[str], flags: dict[str, str]) -> str:
+        claims = json.dumps({"sub": self.account, "aud": flags["audiences"]}).encode()
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(claims).decode()
+
+
+def main() -> int:
+    state_file = Path(os.environ["FAKE_GCLOUD_STATE"])
+    state = json.loads(state_file.read_text())
+    account = os.environ["FAKE_GCLOUD_ACCOUNT"]
+    words = [word for word in sys.argv[1:] if word not in ("--quiet", "-q")]
+    state["calls"].append({"account": account, "args": sys.argv[1:]})
+    gcloud = Gcloud(state, account)
+    try:
+        output = gcloud.run(words)
+    except Refused as refusal:
+        state_file.write_text(json.dumps(state, indent=1))
+        print(f"ERROR: (gcloud) {refusal}", file=sys.stderr)
+        return 1
+    state_file.write_text(json.dumps(state, indent=1))
+    if output:
+        print(output)
+    return 0
+
+
+def new_state(project: str, owner: str) -> dict[str, Any]:
+    """An empty project whose Owner is `owner` (a `user:` member)."""
+    return {
+        "project": project,
+        "project_policy": {"roles/owner": [owner]},
+        "service_accounts": {},
+        "instances": {},
+        "functions": {},
+        "services": [],
+        "calls": [],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def install(folder: Path) -> Path:
+    """A directory for the front of PATH: `gcloud` is this stand-in, `sleep` returns at once."""
+    bin_dir = folder / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    # -I -S: no site-packages to scan; the stand-in needs the standard library only.
+    (bin_dir / "gcloud").write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{Path(__file__).resolve()}" "$@"\n')
+    (bin_dir / "sleep").write_text("#!/bin/sh\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) -> dict[str, str]:
+    """The environment a script runs in: the stand-in first on PATH, none of the real gcloud's settings."""
+    settings_names = {"PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"}
+    kept = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("CLOUDSDK_") and key not in settings_names | {"DB_VERSION", "DB_TIER"}
+    }
+    return (
+        kept
+        | {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_GCLOUD_STATE": str(state_file),
+            "FAKE_GCLOUD_ACCOUNT": account,
+        }
+        | settings
+    )

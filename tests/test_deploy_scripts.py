@@ -1,0 +1,212 @@
+"""scripts/bootstrap.sh and scripts/teardown.sh against the stand-in gcloud (tests/fake_gcloud.py),
+which keeps a project's state and refuses what IAM would refuse: both are safe to run twice,
+bootstrap keeps an instance's other database flags, teardown asks before deleting the instance.
+"""
+
+import json
+import os
+import pty
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import fake_gcloud
+from tests.helpers import ROOT
+
+SCRIPTS = ROOT / "scripts"
+PROJECT = "demo-project"
+OWNER = "user:owner@example.com"
+MIGRATOR_SA = f"migrator@{PROJECT}.iam.gserviceaccount.com"
+RUNTIME_SA = f"projects-api@{PROJECT}.iam.gserviceaccount.com"
+
+
+class Project:
+    """A project's state file and the stand-in gcloud, for running the scripts as its Owner."""
+
+    def __init__(self, folder: Path, state: dict[str, Any] | None = None) -> None:
+        self.state_file = folder / "state.json"
+        self.state_file.write_text(json.dumps(state or fake_gcloud.new_state(PROJECT, OWNER)))
+        self.bin_dir = fake_gcloud.install(folder)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.state_file.read_text())
+        return loaded
+
+    def update(self, **changes: Any) -> None:
+        self.state_file.write_text(json.dumps(self.state | changes))
+
+    def run(self, script: str, *args: str, account: str = OWNER) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [bash(), str(SCRIPTS / script), *args],
+            env=fake_gcloud.environment(self.bin_dir, self.state_file, account),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def calls(self, since: int = 0) -> list[list[str]]:
+        return [call["args"] for call in self.state["calls"][since:]]
+
+
+def bash() -> str:
+    found = shutil.which("bash")
+    assert found, "bash is not installed"
+    return found
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def after_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The state bootstrap leaves in an empty project, plus the function the build deploys
+    (tests/test_cloudbuild.py runs that step through the stand-in)."""
+    project = Project(tmp_path_factory.mktemp("bootstrap"))
+    result = project.run("bootstrap.sh")
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = project.state
+    state["functions"]["projects-api"] = {"policy": {}, "region": "europe-west1", "service_account": RUNTIME_SA}
+    return state
+
+
+@pytest.fixture
+def bootstrapped(tmp_path: Path, after_bootstrap: dict[str, Any]) -> Project:
+    return Project(tmp_path, json.loads(json.dumps(after_bootstrap)))
+
+
+def creations(calls: list[list[str]]) -> list[list[str]]:
+    return [args for args in calls if {"create", "patch", "add-iam-policy-binding", "delete", "enable"} & set(args)]
+
+
+@pytest.mark.parametrize("script", ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "deploy_settings.sh"])
+def test_the_scripts_pass_bash_n(script: str) -> None:
+    result = subprocess.run([bash(), "-n", str(SCRIPTS / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", ["bootstrap.sh", "grant_roles.sh", "teardown.sh"])
+def test_help_and_a_wrong_argument_call_no_gcloud(project: Project, script: str) -> None:
+    helped = project.run(script, "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith(f"Usage: scripts/{script}")
+    assert "PROJECT      project id" in helped.stdout  # the shared settings, from deploy_settings.sh
+    assert project.run(script, "--bogus").returncode == 2
+    assert project.calls() == []
+
+
+def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrapped: Project) -> None:
+    state = bootstrapped.state
+    assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA}
+    (instance,) = state["instances"].values()
+    assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
+    assert "app" in instance["databases"]
+    assert {f"migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
+    assert {"sqladmin.googleapis.com", "iamcredentials.googleapis.com"} <= set(state["services"])
+    before = len(state["calls"])
+    again = bootstrapped.run("bootstrap.sh")
+    assert again.returncode == 0, again.stderr
+    changes = creations(bootstrapped.calls(before))
+    # Only the grants are repeated (each a no-op in IAM); nothing is created or patched.
+    assert all("add-iam-policy-binding" in args or "enable" in args for args in changes), changes
+    after = bootstrapped.state
+    assert (after["project_policy"], after["service_accounts"]) == (state["project_policy"], state["service_accounts"])
+    assert after["instances"] == state["instances"]
+
+
+def test_bootstrap_turns_the_flag_on_and_keeps_an_instances_other_flags(project: Project) -> None:
+    """`gcloud sql instances patch --database-flags` replaces the whole list (the stand-in does too)."""
+    flags = {"max_connections": "200", "log_min_duration_statement": "1000,2000"}
+    instance = {"flags": flags, "databases": ["postgres"], "users": ["postgres"]}
+    project.update(instances={"projects-db": instance})
+    result = project.run("bootstrap.sh")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert project.state["instances"]["projects-db"]["flags"] == flags | {"cloudsql.iam_authentication": "on"}
+
+
+def test_teardown_deletes_everything_bootstrap_made_and_a_second_run_finds_nothing(bootstrapped: Project) -> None:
+    result = bootstrapped.run("teardown.sh", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = bootstrapped.state
+    assert state["functions"] == {} and state["instances"] == {} and state["service_accounts"] == {}
+    members = {member for members in state["project_policy"].values() for member in members}
+    assert members == {OWNER}, members  # no binding of the service accounts is left, deleted or not
+    before = len(state["calls"])
+    again = bootstrapped.run("teardown.sh", "--yes")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert creations(bootstrapped.calls(before)) == []
+    assert "not found" in again.stdout
+
+
+def test_teardown_without_a_terminal_keeps_the_instance_unless_told_yes(bootstrapped: Project) -> None:
+    result = bootstrapped.run("teardown.sh")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kept: to delete it, run this on a terminal and confirm, or pass --yes" in result.stdout
+    state = bootstrapped.state
+    assert set(state["instances"]) == {"projects-db"}
+    assert state["functions"] == {} and state["service_accounts"] == {}
+
+
+def test_teardown_removes_the_bindings_a_deleted_service_account_left(bootstrapped: Project) -> None:
+    """An earlier run deleted the account but was interrupted before its bindings were removed."""
+    state = bootstrapped.state
+    del state["service_accounts"][RUNTIME_SA]
+    for members in state["project_policy"].values():
+        members[:] = [
+            f"deleted:serviceAccount:{RUNTIME_SA}?uid=7" if m == f"serviceAccount:{RUNTIME_SA}" else m for m in members
+        ]
+    bootstrapped.update(**state)
+    result = bootstrapped.run("teardown.sh", "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    members = {member for members in bootstrapped.state["project_policy"].values() for member in members}
+    assert members == {OWNER}
+
+
+def _teardown_on_a_terminal(project: Project, answer: str) -> str:
+    """Runs teardown on a pseudo-terminal and types `answer` at its prompt."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [bash(), str(SCRIPTS / "teardown.sh")],
+        env=fake_gcloud.environment(project.bin_dir, project.state_file, OWNER),
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        close_fds=True,
+    )
+    os.close(follower)
+    output = b""
+    deadline = time.monotonic() + 60
+    answered = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the script ended and closed the terminal
+                break
+            output += chunk
+            if not answered and b"Type the instance name to confirm:" in output:
+                os.write(leader, answer.encode() + b"\n")
+                answered = True
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=10)
+    os.close(leader)
+    assert process.returncode == 0, output.decode(errors="replace")
+    return output.decode(errors="replace")
+
+
+def test_teardown_on_a_terminal_deletes_the_instance_only_when_its_name_is_typed(bootstrapped: Project) -> None:
+    output = _teardown_on_a_terminal(bootstrapped, "yes")
+    assert "kept: the answer was not the instance name" in output
+    assert set(bootstrapped.state["instances"]) == {"projects-db"}
+    output = _teardown_on_a_terminal(bootstrapped, "projects-db")
+    assert bootstrapped.state["instances"] == {}, output
