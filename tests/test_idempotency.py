@@ -139,6 +139,44 @@ async def test_a_key_expires_after_24_hours(client: httpx.AsyncClient, database_
     assert response.json()["name"] == name
 
 
+async def test_each_stored_answer_forgets_other_expired_keys(client: httpx.AsyncClient, database_url: str) -> None:
+    old = [key() for _ in range(3)]
+    for headers in old:
+        await client.post("/v1/projects", json={"name": unique()}, headers=headers)
+    keys = [headers["Idempotency-Key"] for headers in old]
+    await fetch(
+        database_url, "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = ANY($1)", keys
+    )
+    assert (await client.post("/v1/projects", json={"name": unique()}, headers=key())).status_code == 201
+    assert await fetchval(database_url, "SELECT count(*) FROM idempotency_keys WHERE key = ANY($1)", keys) == 0
+
+
+async def test_an_answer_stored_meanwhile_wins_and_the_late_write_is_undone(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """A repeat that commits its answer between another's read and lock must not get a second one:
+    the store is the arbiter. Here the first answer appears after the read (a trigger-free stand-in:
+    a concurrent session inserts it while the request's transaction waits on the project insert)."""
+    headers, name = key(), unique("late")
+    blocker = await asyncpg.connect(libpq_url(database_url))
+    try:
+        async with blocker.transaction():  # holds the name: the request's INSERT waits for this transaction
+            await blocker.execute("INSERT INTO projects (name) VALUES ($1)", name)
+            request = asyncio.create_task(client.post("/v1/projects", json={"name": name}, headers=headers))
+            await asyncio.sleep(0.3)  # the request has read "no answer" and now waits on the unique index
+            await blocker.execute(
+                "INSERT INTO idempotency_keys (principal, key, fingerprint, status, body, location, etag)"
+                " VALUES ('', $1, 'f', 201, '{}', '/x', '\"x\"')",
+                headers["Idempotency-Key"],
+            )
+            await blocker.execute("DELETE FROM projects WHERE name = $1", name)  # the request's insert may go on
+        response = await request
+    finally:
+        await blocker.close()
+    assert "in progress" in assert_problem(response, 409)["detail"]
+    assert await _count_projects(database_url, name) == 0  # its project was rolled back with it
+
+
 @pytest.mark.parametrize("bad", ["", "x" * 256, "has space", "ünï", "tab\there"])
 async def test_a_malformed_key_is_422(client: httpx.AsyncClient, bad: str) -> None:
     response = await client.post("/v1/projects", json={"name": unique()}, headers={"Idempotency-Key": bad.encode()})

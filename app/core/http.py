@@ -91,6 +91,11 @@ def resource_response(row: Row, *, status_code: int = 200, location: str | None 
     return JSON(row, status_code=status_code, headers=headers)
 
 
+def location_of(request: Request, path: str) -> str:
+    """A path of this API as a client addresses it: under ROOT_PATH, when the app is mounted there."""
+    return str(request.scope.get("root_path", "")) + path
+
+
 def conditional_response(row: Row, if_none_match: str | None) -> Response:
     """304 with the ETag when the client's copy is current, else the resource."""
     tag = entity_tag(row)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Header, Request, Response
-from sqlalchemy import Index, SmallInteger, Text, bindparam, delete, func, select, text, tuple_
+from sqlalchemy import Index, SmallInteger, Text, bindparam, delete, func, literal, select, text, true, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Field, SQLModel
 
@@ -43,26 +43,39 @@ class IdempotencyRecord(SQLModel, table=True):
 
 _TABLE = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 _TTL = text("interval '24 hours'")
-_KEY = (_TABLE.c.principal == bindparam("principal"), _TABLE.c.key == bindparam("key"))
-_LOCK = Query(select(func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("lock_name"), 0))))
-_FIND = Query(select(_TABLE).where(*_KEY, _TABLE.c.created_at > func.now() - _TTL))
+_ANSWER = ("fingerprint", "status", "body", "location", "etag")
+_KEY_COLUMNS = tuple_(_TABLE.c.principal, _TABLE.c.key)
+_THIS_KEY = tuple_(bindparam("principal"), bindparam("key"))
+
+# One round trip: try the key's lock, and read its stored answer. The lock answers a concurrent
+# repeat with an early 409; the store below is the arbiter, so that a repeat committing between
+# this statement's snapshot and its lock still cannot produce a second answer.
+_live = select(_TABLE).where(_KEY_COLUMNS == _THIS_KEY, _TABLE.c.created_at > func.now() - _TTL).subquery()
+_CLAIM = Query(
+    select(func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("lock_name"), 0)).label("free"), _live)
+    .select_from(select(literal(1)).subquery())
+    .outerjoin(_live, true())
+)
+# One round trip: store this answer (replacing an expired one only; RETURNING nothing means a live
+# answer exists) and forget a few other expired keys.
+_expired = select(_TABLE.c.principal, _TABLE.c.key).where(
+    _TABLE.c.created_at < func.now() - _TTL, _KEY_COLUMNS != _THIS_KEY
+)
+_forget = delete(_TABLE).where(_KEY_COLUMNS.in_(_expired.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery()))
 _STORE = Query(
     insert(_TABLE)
-    .values(
-        {name: bindparam(name) for name in ("principal", "key", "fingerprint", "status", "body", "location", "etag")}
-    )
-    .on_conflict_do_update(  # an expired record of the same key is replaced
+    .values({name: bindparam(name) for name in ("principal", "key", *_ANSWER)})
+    .on_conflict_do_update(
         index_elements=["principal", "key"],
-        set_={name: bindparam(name) for name in ("fingerprint", "status", "body", "location", "etag")}
-        | {"created_at": func.now()},
+        set_={name: bindparam(name) for name in _ANSWER} | {"created_at": func.now()},
+        where=_TABLE.c.created_at <= func.now() - _TTL,
     )
+    .returning(_TABLE.c.key)
+    .add_cte(_forget.cte("forgotten"))
 )
-_EXPIRED = select(_TABLE.c.principal, _TABLE.c.key).where(_TABLE.c.created_at < func.now() - _TTL)
-_FORGET_SOME_EXPIRED = Query(
-    delete(_TABLE).where(
-        tuple_(_TABLE.c.principal, _TABLE.c.key).in_(_EXPIRED.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery())
-    )
-)
+
+
+_IN_PROGRESS = Conflict("a request with this Idempotency-Key is still in progress; retry later")
 
 
 class Idempotency:
@@ -77,10 +90,13 @@ class Idempotency:
         """The first response to this key, or None when this request is the first (and now holds it)."""
         if self.key is None:
             return None
-        if not await _LOCK.fetchval(connection, lock_name=f"{self.principal}\n{self.key}"):
-            raise Conflict("a request with this Idempotency-Key is still in progress; retry later")
-        record = await _FIND.fetchrow(connection, principal=self.principal, key=self.key)
-        if record is None:
+        record = await _CLAIM.fetchrow(
+            connection, lock_name=f"{self.principal}\n{self.key}", principal=self.principal, key=self.key
+        )
+        assert record is not None  # one row, whatever the join finds
+        if not record["free"]:
+            raise _IN_PROGRESS
+        if record["key"] is None:
             return None
         if record["fingerprint"] != self.fingerprint:
             error = {"loc": ["header", "idempotency-key"], "msg": "already used for another request", "type": "reused"}
@@ -92,7 +108,7 @@ class Idempotency:
         """Store `response` for replays, in the caller's transaction (so only if its write commits)."""
         if self.key is None:
             return
-        await _STORE.fetch(
+        stored = await _STORE.fetchval(
             connection,
             principal=self.principal,
             key=self.key,
@@ -102,7 +118,8 @@ class Idempotency:
             location=response.headers["Location"],
             etag=response.headers["ETag"],
         )
-        await _FORGET_SOME_EXPIRED.fetch(connection)
+        if stored is None:  # a repeat got its answer stored first: undo this write, the retry replays
+            raise _IN_PROGRESS
 
 
 async def _fingerprint(request: Request) -> str:

@@ -13,6 +13,7 @@ from app.core.http import (
     IfNoneMatch,
     accepted_versions,
     conditional_response,
+    location_of,
     require_json,
     require_json_or_merge_patch,
     resource_response,
@@ -51,7 +52,7 @@ async def create_project(
         if replay := await idempotency.replay(connection):
             return replay
         project = await service.create_project(connection=connection, data=body, principal=principal)
-        location = request.url_for("read_project", project_id=project["id"]).path
+        location = location_of(request, f"/v1/projects/{project['id']}")
         response = resource_response(project, status_code=201, location=location)
         await idempotency.remember(connection, response)  # in the same transaction as the project
     return response

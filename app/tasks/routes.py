@@ -13,6 +13,7 @@ from app.core.http import (
     IfNoneMatch,
     accepted_versions,
     conditional_response,
+    location_of,
     require_json,
     require_json_or_merge_patch,
     resource_response,
@@ -56,7 +57,7 @@ async def create_task(
         if replay := await idempotency.replay(connection):
             return replay
         task = await service.create_task(connection=connection, project_id=project_id, data=body, principal=principal)
-        location = request.url_for("read_task", task_id=task["id"]).path
+        location = location_of(request, f"/v1/tasks/{task['id']}")
         response = resource_response(task, status_code=201, location=location)
         await idempotency.remember(connection, response)  # in the same transaction as the task
     return response
