@@ -116,7 +116,15 @@ def medians(runs: list[Run], server_keys: list[str], modes: list[str]) -> dict[s
             rows = [server["endpoints"][mode] for server in present]
             endpoints[mode] = {
                 metric: median([row.get(metric) for row in rows])
-                for metric in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "req_per_cpu_s", "worker_cpu_pct")
+                for metric in (
+                    "rps",
+                    "p50_ms",
+                    "p99_ms",
+                    "cpu_us_per_request",
+                    "req_per_cpu_s",
+                    "worker_cpu_pct",
+                    "db_sessions_opened",
+                )
             }
             endpoints[mode]["non_2xx"] = sum(row["non_2xx"] for row in rows)
             endpoints[mode]["socket_errors"] = sum(sum(row["socket_errors"].values()) for row in rows)
@@ -172,22 +180,25 @@ def render(results: dict[str, Any], endpoint_labels: dict[str, str]) -> list[str
         f"measured; wrk 1 thread, {settings['connections']} connections; server on CPU {settings['server_cpu']}, "
         f"{on_load_cpu} on CPU {load_cpu}",
         f"every figure below is the median of the {runs} run(s); CPU/req = worker CPU time over the measured "
-        "run / requests",
+        "run / requests;",
+        "new conns = database connections the server opened during the measured run (pool churn)",
         "",
     ]
     header = (
         f"{'endpoint':29} {'server':12} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU/req':>9}"
-        f" {'worker CPU':>10} {'non-2xx':>7} {'disturbed':>9}"
+        f" {'worker CPU':>10} {'new conns':>9} {'non-2xx':>7} {'disturbed':>9}"
     )
     lines += [header, "-" * len(header)]
     for mode, label in endpoint_labels.items():
         for index, key in enumerate(servers):
             row = servers[key]["endpoints"][mode]
             cpu = "-" if row["cpu_us_per_request"] is None else f"{row['cpu_us_per_request']:.0f} us"
+            connections = row["db_sessions_opened"]
             lines.append(
                 f"{label if index == 0 else '':29} {key:12} {row['rps'] or 0:7.0f} {row['p50_ms'] or 0:7.1f}"
                 f" {row['p99_ms'] or 0:7.1f} {cpu:>9} {row['worker_cpu_pct'] or 0:9.0f}%"
-                f" {row['non_2xx']:7d} {row['disturbed_runs']:>5d}/{runs}"
+                f" {'-' if connections is None else f'{connections:.0f}':>9} {row['non_2xx']:7d}"
+                f" {row['disturbed_runs']:>5d}/{runs}"
             )
     lines.append("")
     header = f"{'':29} {'server':12} {'cold start':>11} {'worker RSS':>11} {'worker PSS':>11} {'master RSS':>11}"
