@@ -56,6 +56,7 @@ def record(py_spy: str, pid: int, seconds: int, rate: int, output: Path, prefix:
         "--format=raw",  # collapsed stacks: `frame;frame;... count`, also flamegraph.pl's input
         "--nolineno",  # a function's samples together, whatever line they were on
         "--full-filenames",  # the library is told by the path
+        "--threads",  # each stack names its thread: requests run on the main thread, the event loop's
         f"--output={output}",
     ]
     last = ""
@@ -98,12 +99,20 @@ def summarize(stacks: str, root: Path, top: int = 25) -> dict[str, Any]:
     self_time: Counter[str] = Counter()
     library_self: Counter[str] = Counter()
     library_cumulative: Counter[str] = Counter()
-    total = 0
+    total = other_threads = 0
     for line in stacks.splitlines():
         trace, _, count_text = line.rpartition(" ")
         if not trace or not count_text.isdigit():
             continue
         count = int(count_text)
+        thread, _, rest = trace.partition(";")
+        if thread.startswith("thread ("):
+            # Only the event loop's thread serves requests. py-spy can count a thread blocked in
+            # C (an executor's idle worker) as busy, so the others would only blur the shares.
+            if not thread.endswith(": MainThread"):
+                other_threads += count
+                continue
+            trace = rest
         total += count
         frames = []
         for frame in trace.split(";"):
@@ -117,7 +126,7 @@ def summarize(stacks: str, root: Path, top: int = 25) -> dict[str, Any]:
         self_time[frames[-1][0]] += count
         library_self[frames[-1][1]] += count
     if not total:
-        return {"samples": 0, "error": "py-spy recorded no samples (was the worker idle?)"}
+        return {"samples": 0, "error": "py-spy recorded no samples of the main thread (was the worker idle?)"}
 
     def share(count: int) -> float:
         return round(100 * count / total, 1)
@@ -143,6 +152,7 @@ def summarize(stacks: str, root: Path, top: int = 25) -> dict[str, Any]:
     ]
     return {
         "samples": total,
+        "other_threads_samples": other_threads,
         "trunk": trunk,
         "top_cumulative": top_cumulative[:top],
         "own_code": own_code[:15],
@@ -195,7 +205,7 @@ def render(profiles: dict[str, Any], labels: dict[str, str]) -> list[str]:
             lines += [f"profile of {label}: {profile['error']}", ""]
             continue
         lines.append(
-            f"profile of {label}: {profile['samples']} samples of the service's worker at {profiles['rate_hz']} Hz"
+            f"profile of {label}: {profile['samples']} samples of the worker's main thread at {profiles['rate_hz']} Hz"
             f" over {profiles['seconds']} s ({profile['rps_while_sampled']:.0f} req/s while sampled)"
         )
         lines.append(f"  {'library':38} {'self':>6} {'cumul.':>7}")

@@ -846,8 +846,11 @@ def profile_service(bench: Bench) -> dict[str, Any]:
                 recorded = profile_summary.record(
                     py_spy, worker, PROFILE_S, PROFILE_RATE, stacks, bench.pinning.prefix(bench.pinning.load_cpu)
                 )
-            finally:
                 stdout, stderr = load.communicate(timeout=PROFILE_S + 60)
+            finally:
+                if load.poll() is None:  # interrupted: stop the load too
+                    load.kill()
+                    load.wait()
             if "error" in recorded:
                 profiles[mode] = recorded
                 continue

@@ -175,7 +175,8 @@ def create_task(*, session: SessionDep, project_id: uuid.UUID, task_in: TaskCrea
     return task
 
 
-# ---- served by functions-framework: the function hands the raw ASGI call to the app
+# ---- served by functions-framework: the function hands the raw ASGI call to the app (the same few
+# lines in both FastAPI peers: each peer is one file that can be read, and run, on its own)
 
 _FRAMEWORK_SCOPE_KEYS = frozenset({"router", "endpoint", "route", "path_params", "app"})
 

@@ -209,7 +209,8 @@ async def create_task(project_id: uuid.UUID, body: TaskCreate) -> Response:
     return json_response(dict(row), 201, {"Location": f"/v1/tasks/{row['id']}"})
 
 
-# ---- served by functions-framework: the function hands the raw ASGI call to the app
+# ---- served by functions-framework: the function hands the raw ASGI call to the app (the same few
+# lines in both FastAPI peers: each peer is one file that can be read, and run, on its own)
 
 _FRAMEWORK_SCOPE_KEYS = frozenset({"router", "endpoint", "route", "path_params", "app"})
 
