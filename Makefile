@@ -46,7 +46,8 @@ rename: $(BIN)/.installed
 startup: $(BIN)/.installed
 	$(BIN)/python scripts/measure_startup.py
 
-# `make bench`: this service against a Flask peer and an asyncpg peer, one table with ratios (docs/benchmarks.md).
+# `make bench`: this service against four peers, three runs, medians, targets and a profile (docs/benchmarks.md).
+# Quick look: make bench BENCH_RUNS=1 BENCH_DURATION_S=2 (every knob: docs/benchmarks.md).
 .PHONY: bench
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt

@@ -1,23 +1,35 @@
-"""`make bench`: this service against two peers, same machine, same database, same run.
+"""`make bench`: this service against four peers, same machine, same database, same runs.
 
 The servers, each started as in production (`functions-framework`, gunicorn master + one worker):
 
-- service: this repository's `main.py` (FastAPI + SQLModel on SQLAlchemy async + asyncpg);
-- flask:   `bench/peers/flask_peer` — Google's Cloud SQL sample style: a Flask function,
-           synchronous SQLAlchemy with psycopg 3, gunicorn's gthread worker;
-- asyncpg: `bench/peers/asyncpg_peer` — the practical limit: an async function on asyncpg directly.
+- service:      this repository's `main.py` with the settings it is deployed with (JSON logs at
+                INFO with request ids and an access line per request, ETags, audit entries,
+                idempotency on POST: every POST sends an Idempotency-Key), authentication off;
+- service_auth: the same with AUTH_MODE=google, a bearer token on every request, the signing
+                keys fetched once from a local key server and cached (tests/identity_fakes.py);
+- flask:        `bench/peers/flask_peer` — Google's Cloud SQL sample style: a Flask function,
+                synchronous SQLAlchemy with psycopg 3, gunicorn's gthread worker;
+- fullstack:    `bench/peers/fullstack_peer` — full-stack-fastapi-template style: sync SQLModel
+                Session, `def` routes, response_model validation of ORM objects, psycopg 3;
+- lean:         `bench/peers/lean_peer` — lean FastAPI: SQLModel tables, Core statements built at
+                import, run on the asyncpg connection from SQLAlchemy's async pool, orjson;
+- asyncpg:      `bench/peers/asyncpg_peer` — the limit: an aio function on asyncpg directly.
 
 Database: DATABASE_URL if set, else a throw-away embedded PostgreSQL (Unix socket only). The
 migrations are applied, then 100 projects x 100 tasks are seeded with COPY.
 
 On a machine with two or more CPUs the server runs pinned to the first CPU; this script, and
-so wrk and the embedded PostgreSQL it starts, are pinned to the second. The server under test
-has a CPU of its own, as a Cloud Function instance with --cpu=1 has.
+so wrk, py-spy and the embedded PostgreSQL it starts, are pinned to the second. The server under
+test has a CPU of its own, as a Cloud Function instance with --cpu=1 has.
 
-Per server: cold start (spawn to the first 200 of GET /v1/tasks/{id}, median of 10 starts), then
-one server process takes, per endpoint, a 3 s warm-up and 10 s of wrk (1 thread, 16 connections,
-random ids from a fixed seed); then the worker's resident memory is read from /proc.
-Prints a table with ratios and the targets (PASS/MISS); writes bench/results/latest.json.
+One run: per server, cold starts (spawn to the first 200 of GET /v1/tasks/{id}); then one server
+process answers a contract check (same JSON, pages, 201 + Location, 404s) and takes, per endpoint,
+a warm-up and a measured wrk run (1 thread, 16 connections, random ids from a fixed seed), its
+worker's CPU time read from /proc around the measured run; then the worker's memory. Also timed:
+`import main` over importing its dependencies alone. The servers' order rotates from run to run.
+`make bench` makes BENCH_RUNS runs (3) and reports the median of each run's ratios, with the
+targets (PASS/FAIL); then py-spy samples the service's worker under GET and list load for a
+profile summary. Prints the report; writes bench/results/latest.json (and the profiles' stacks).
 Everything listens on 127.0.0.1 only, and every process started here is stopped on the way out.
 """
 
@@ -51,15 +63,33 @@ BIN = Path(sys.executable).parent
 RESULTS = BENCH / "results"
 LUA = BENCH / "wrk.lua"
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(1, str(ROOT))  # tests.identity_fakes: the token issuer of the authenticated row
+
+import profile_summary  # noqa: E402 (bench/profile_summary.py, beside this file)
+import report  # noqa: E402 (bench/report.py)
 
 PROJECTS = 100
 TASKS_PER_PROJECT = 100
 POOL_SIZE = 5  # every server: 5 pooled connections
 CONNECTIONS = 16  # wrk connections
-# Overridable for a quick look (BENCH_DURATION_S=2 ...); the documented results use the defaults.
-WARMUP_S = int(os.environ.get("BENCH_WARMUP_S", "3"))
-DURATION_S = int(os.environ.get("BENCH_DURATION_S", "10"))
-COLD_STARTS = int(os.environ.get("BENCH_COLD_STARTS", "10"))
+
+
+def _setting(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    if not value.isdigit():
+        raise SystemExit(f"bench: {name} must be a whole number, not {value!r}")
+    return int(value)
+
+
+# Every knob is an environment variable; the defaults make a full `make bench` of about 11 minutes
+# on a 2-CPU machine. For a quick look: BENCH_RUNS=1 BENCH_DURATION_S=2 BENCH_WARMUP_S=1 ...
+RUNS = _setting("BENCH_RUNS", 3)  # the report is the median of the runs' ratios
+WARMUP_S = _setting("BENCH_WARMUP_S", 2)  # per endpoint and server, not measured
+DURATION_S = _setting("BENCH_DURATION_S", 5)  # per endpoint and server, measured
+COLD_STARTS = _setting("BENCH_COLD_STARTS", 5)  # per server and run; the run's median counts
+IMPORT_SAMPLES = _setting("BENCH_IMPORT_SAMPLES", 5)  # `import main` timings per run
+PROFILE_S = _setting("BENCH_PROFILE_S", 10)  # py-spy seconds per profiled endpoint; 0: no profile
+PROFILE_RATE = _setting("BENCH_PROFILE_RATE", 250)  # samples per second
 START_TIMEOUT_S = 60  # a server that answers no 200 by then has failed to start
 STOP_TIMEOUT_S = 15  # SIGTERM, then SIGKILL after this long
 
@@ -75,7 +105,9 @@ _DROPPED_ENV = (
     "LOG_FORMAT",
     "ROOT_PATH",
     "DB_POOL_TIMEOUT_S",
+    "DB_POOL_IDLE_S",
     "DB_STATEMENT_TIMEOUT_MS",
+    "GOOGLE_CLOUD_PROJECT",
     "THREADS",
     "HOST",
     "PORT",
@@ -84,6 +116,9 @@ _DROPPED_ENV = (
     "FUNCTION_SOURCE",
     "FUNCTION_SIGNATURE_TYPE",
 )
+# As the deploy step sets it (cloudbuild.yaml): log lines then name their trace in Cloud Trace.
+DEPLOYED_ENV = {"GOOGLE_CLOUD_PROJECT": "bench-project"}
+AUTH_PRINCIPAL = "bench-client@example.com"
 
 
 @dataclass(frozen=True)
@@ -92,20 +127,64 @@ class Server:
     label: str
     target: str
     source: str
+    authenticated: bool = False  # AUTH_MODE=google, and wrk sends a bearer token
+    cold_starts: bool = True
 
 
 SERVERS = (
-    Server("service", "this service (FastAPI, SQLModel, SQLAlchemy async + asyncpg)", "api", "main.py"),
-    Server("flask", "Flask peer (sync SQLAlchemy + psycopg 3, gthread)", "tasks", "bench/peers/flask_peer/main.py"),
-    Server("asyncpg", "asyncpg peer (aio function, asyncpg, no ORM)", "tasks", "bench/peers/asyncpg_peer/main.py"),
+    Server("service", "this service, as deployed (JSON logs, ETags, audit, idempotency), auth off", "api", "main.py"),
+    Server(
+        "service_auth",
+        "this service, as above, AUTH_MODE=google (signing keys cached)",
+        "api",
+        "main.py",
+        authenticated=True,
+        cold_starts=False,
+    ),
+    Server(
+        "flask",
+        "Flask peer: Google's sample style (sync SQLAlchemy + psycopg 3, gthread)",
+        "tasks",
+        "bench/peers/flask_peer/main.py",
+    ),
+    Server(
+        "fullstack",
+        "full-stack-fastapi-template style (sync SQLModel Session, def routes)",
+        "tasks",
+        "bench/peers/fullstack_peer/main.py",
+    ),
+    Server(
+        "lean",
+        "lean FastAPI (SQLModel tables, Core on SQLAlchemy's pool + asyncpg, orjson)",
+        "tasks",
+        "bench/peers/lean_peer/main.py",
+    ),
+    Server("asyncpg", "no framework: aio function + asyncpg (the limit)", "tasks", "bench/peers/asyncpg_peer/main.py"),
 )
-PEERS = ("flask", "asyncpg")
+PEERS = ("flask", "fullstack", "lean", "asyncpg")
 
 ENDPOINTS = (
     ("get_task", "GET /v1/tasks/{id}"),
     ("list_tasks", "GET /v1/projects/{id}/tasks"),
     ("create_task", "POST /v1/projects/{id}/tasks"),
 )
+# What `import main` is compared with: the libraries it is built on, imported alone.
+MAIN_DEPENDENCIES = ("fastapi", "sqlmodel", "sqlalchemy.ext.asyncio", "asyncpg", "functions_framework.aio")
+
+
+def selected_servers() -> tuple[Server, ...]:
+    """BENCH_SERVERS=service,lean runs a subset (targets that need a missing server show n/a)."""
+    wanted = os.environ.get("BENCH_SERVERS", "")
+    if not wanted.strip():
+        return SERVERS
+    keys = {key.strip() for key in wanted.split(",") if key.strip()}
+    unknown = keys - {server.key for server in SERVERS}
+    if unknown:
+        raise SystemExit(
+            f"bench: BENCH_SERVERS names unknown servers {sorted(unknown)}; known: "
+            + ", ".join(server.key for server in SERVERS)
+        )
+    return tuple(server for server in SERVERS if server.key in keys)
 
 
 class BenchError(RuntimeError):
@@ -350,12 +429,16 @@ async def _seed(url: str) -> Dataset:
 
 
 async def _delete_posted(url: str, project_ids: list[uuid.UUID]) -> int:
-    """Remove the tasks a POST run created, so every server meets the same data."""
+    """Remove the tasks a POST run created, and the service's idempotency records of them, so
+    every server meets the same data."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         status = await conn.execute(
             "DELETE FROM tasks WHERE project_id = ANY($1::uuid[]) AND title LIKE 'wrk-post %'", project_ids
         )
+        if await conn.fetchval("SELECT to_regclass('idempotency_keys') IS NOT NULL"):
+            await conn.execute("DELETE FROM idempotency_keys WHERE key LIKE 'wrk-%'")
+            await conn.execute("VACUUM ANALYZE idempotency_keys")
         await conn.execute("VACUUM ANALYZE tasks")
         return int(status.split()[-1])
     finally:
@@ -392,14 +475,62 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def server_env(url: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Identity:
+    """The authenticated row's token issuer: RSA keys, their JWKS on loopback, signed ID tokens."""
+
+    issuer: Any  # tests.identity_fakes.Issuer
+    audience: str
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "AUTH_MODE": "google",
+            "AUTH_AUDIENCE": self.audience,
+            # Google's key set is not reachable here: the same keys, fetched once and cached, from loopback.
+            "OIDC_JWKS_URL": self.issuer.jwks_url,
+            "AUTH_ALLOWED_PRINCIPALS": AUTH_PRINCIPAL,
+        }
+
+    def token(self) -> str:
+        """A Google-style ID token, valid for an hour (as Google's are); one is made per wrk run."""
+        token: str = self.issuer.token(AUTH_PRINCIPAL, audience=self.audience, expires_in=3600)
+        return token
+
+
+def start_identity() -> Identity:
+    from tests.identity_fakes import AUDIENCE, Issuer
+
+    issuer = Issuer().start()
+    atexit.register(issuer.stop)
+    return Identity(issuer, AUDIENCE)
+
+
+@dataclass
+class Bench:
+    """What every step of a run needs."""
+
+    url: str
+    pinning: "Pinning"
+    wrk: str
+    dataset: Dataset
+    ids_dir: Path
+    logs: Path
+    identity: Identity | None = None
+
+
+def server_env(url: str, server: Server | None = None, identity: Identity | None = None) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in _DROPPED_ENV}
     env.update(
         DATABASE_URL=url,
         WORKERS="1",  # functions-framework's default, made explicit
         DB_POOL_SIZE=str(POOL_SIZE),
         DB_MAX_OVERFLOW="2",  # the service's default, and the Flask sample's max_overflow
+        **DEPLOYED_ENV,
     )
+    if server is not None and server.authenticated:
+        if identity is None:
+            raise BenchError(f"{server.key} needs the token issuer")
+        env.update(identity.settings())
     return env
 
 
@@ -416,7 +547,9 @@ def start_server(server: Server, env: dict[str, str], pinning: Pinning, log: Pat
     return spawn(command, env=env, log=log), port
 
 
-def first_200(process: subprocess.Popen, port: int, path: str, started: float) -> float:
+def first_200(
+    process: subprocess.Popen, port: int, path: str, started: float, headers: dict[str, str] | None = None
+) -> float:
     """Seconds from `started` to the first 200 of GET `path`, polling every 5 ms."""
     last = "no answer"
     while time.perf_counter() - started < START_TIMEOUT_S:
@@ -424,7 +557,7 @@ def first_200(process: subprocess.Popen, port: int, path: str, started: float) -
             raise BenchError(f"the server exited with status {process.returncode} before answering ({last})")
         connection = HTTPConnection("127.0.0.1", port, timeout=START_TIMEOUT_S)
         try:
-            connection.request("GET", path)
+            connection.request("GET", path, headers=headers or {})
             response = connection.getresponse()
             body = response.read()
             if response.status == 200:
@@ -438,8 +571,11 @@ def first_200(process: subprocess.Popen, port: int, path: str, started: float) -
     raise BenchError(f"no 200 from GET {path} within {START_TIMEOUT_S} s (last: {last})")
 
 
-def run_wrk(wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int) -> dict[str, Any]:
-    command = [
+def wrk_command(
+    wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int, token: str | None = None
+) -> list[str]:
+    tag = uuid.uuid4().hex[:16]  # makes this run's Idempotency-Keys and trace ids its own
+    return [
         *pinning.prefix(pinning.load_cpu),
         wrk,
         "-t1",
@@ -452,20 +588,22 @@ def run_wrk(wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, sec
         "--",
         mode,
         str(ids_dir),
+        tag,
+        *([token] if token else []),
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    for line in result.stdout.splitlines():
+
+
+def parse_wrk(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
+    for line in stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             raw = json.loads(line.removeprefix("BENCH_JSON "))
             break
     else:
-        raise BenchError(f"wrk printed no result (exit {result.returncode}):\n{result.stdout}{result.stderr}")
+        raise BenchError(f"wrk printed no result (exit {returncode}):\n{stdout}{stderr}")
     seconds_measured = raw["duration_us"] / 1e6
     return {
         "requests": raw["requests"],
+        "seconds": round(seconds_measured, 3),
         "rps": round(raw["requests"] / seconds_measured, 1),
         "p50_ms": raw["latency_us"]["p50"] / 1000,
         "p90_ms": raw["latency_us"]["p90"] / 1000,
@@ -474,8 +612,20 @@ def run_wrk(wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, sec
         "non_2xx": raw["non_2xx"],
         "socket_errors": {key: value for key, value in raw["errors"].items() if key != "status"},
         "non_2xx_samples": [line for line in raw["samples"].splitlines() if line],
-        "wrk_cpu_pct": round(100 * wrk_cpu_s / seconds_measured, 1),
     }
+
+
+def run_wrk(
+    wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int, *, token: str | None = None
+) -> dict[str, Any]:
+    command = wrk_command(wrk, pinning, port, mode, ids_dir, seconds, token)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    measured = parse_wrk(result.stdout, result.stderr, result.returncode)
+    wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    measured["wrk_cpu_pct"] = round(100 * wrk_cpu_s / measured["seconds"], 1)
+    return measured
 
 
 def measure_cold_starts(server: Server, env: dict[str, str], pinning: Pinning, path: str, logs: Path) -> list[float]:
@@ -490,25 +640,91 @@ def measure_cold_starts(server: Server, env: dict[str, str], pinning: Pinning, p
     return samples
 
 
-def bench_server(
-    server: Server, url: str, pinning: Pinning, wrk: str, dataset: Dataset, ids_dir: Path, logs: Path
-) -> dict[str, Any]:
-    env = server_env(url)
-    probe = f"/v1/tasks/{dataset.task_ids[0]}"
-    print(f"bench: {server.key}: {COLD_STARTS} cold starts ...", flush=True)
-    colds = measure_cold_starts(server, env, pinning, probe, logs)
-    result: dict[str, Any] = {
-        "label": server.label,
-        "cold_start_ms": {
+# --------------------------------------------------------------------------------------------
+# The contract check: every server gives the same answers, or comparing them says nothing
+
+TASK_FIELDS = frozenset(
+    {"id", "project_id", "title", "description", "status", "priority", "due_date"}
+    | {"created_at", "updated_at", "version", "created_by", "updated_by"}
+)
+
+
+def _call(port: int, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> tuple:
+    connection = HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            document = raw[:300]
+        return response.status, {name.lower(): value for name, value in response.getheaders()}, document
+    finally:
+        connection.close()
+
+
+def check_contract(server: Server, port: int, dataset: Dataset, headers: dict[str, str]) -> None:
+    """One task, two pages (the second after the first's cursor), a create, two 404s: the same
+    answers as the service's, as the wrk runs will send them. Raises BenchError otherwise."""
+    problems = []
+    task_id, project_id, other_project = dataset.task_ids[0], dataset.project_ids[0], dataset.project_ids[-1]
+    status, _, task = _call(port, "GET", f"/v1/tasks/{task_id}", headers)
+    if status != 200 or not isinstance(task, dict) or set(task) != TASK_FIELDS or task["id"] != str(task_id):
+        problems.append(f"GET /v1/tasks/{{id}}: {status} {str(task)[:300]}")
+    newest = [f"task {number:03}" for number in range(TASKS_PER_PROJECT - 1, -1, -1)]  # as seeded
+    status, _, page = _call(port, "GET", f"/v1/projects/{project_id}/tasks", headers)
+    titles = [item.get("title") for item in page.get("items", [])] if isinstance(page, dict) else []
+    if status != 200 or titles != newest[:20] or not page.get("next_cursor"):
+        problems.append(f"GET /v1/projects/{{id}}/tasks (first page of 20): {status} {str(page)[:300]}")
+    else:
+        path = f"/v1/projects/{project_id}/tasks?limit=5&cursor={page['next_cursor']}"
+        status, _, later = _call(port, "GET", path, headers)
+        titles = [item.get("title") for item in later.get("items", [])] if isinstance(later, dict) else []
+        if status != 200 or titles != newest[20:25]:
+            problems.append(f"GET /v1/projects/{{id}}/tasks?limit=5&cursor=...: {status} {str(later)[:300]}")
+    post_headers = headers | {"Content-Type": "application/json", "Idempotency-Key": f"wrk-check-{uuid.uuid4()}"}
+    body = b'{"title": "wrk-post check", "priority": 2}'
+    status, answer_headers, created = _call(port, "POST", f"/v1/projects/{other_project}/tasks", post_headers, body)
+    if (
+        status != 201
+        or not isinstance(created, dict)
+        or set(created) != TASK_FIELDS
+        or created["title"] != "wrk-post check"
+        or answer_headers.get("location") != f"/v1/tasks/{created['id']}"
+    ):
+        problems.append(f"POST /v1/projects/{{id}}/tasks: {status} {answer_headers} {str(created)[:300]}")
+    for path in (f"/v1/tasks/{uuid.uuid4()}", f"/v1/projects/{uuid.uuid4()}/tasks"):
+        status, _, answer = _call(port, "GET", path, headers)
+        if status != 404:
+            problems.append(f"GET {path}: {status} instead of 404: {str(answer)[:200]}")
+    if problems:
+        raise BenchError(f"{server.key} does not answer as every server must:\n  " + "\n  ".join(problems))
+
+
+# --------------------------------------------------------------------------------------------
+# One server in one run; `import main`; one run; the profile
+
+
+def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
+    env = server_env(bench.url, server, bench.identity)
+    probe = f"/v1/tasks/{bench.dataset.task_ids[0]}"
+    result: dict[str, Any] = {"label": server.label, "endpoints": {}}
+    if server.cold_starts and COLD_STARTS:
+        print(f"bench: run {run}: {server.key}: {COLD_STARTS} cold starts ...", flush=True)
+        colds = measure_cold_starts(server, env, bench.pinning, probe, bench.logs)
+        result["cold_start_ms"] = {
             "median": round(statistics.median(colds) * 1000, 1),
             "min": round(min(colds) * 1000, 1),
             "samples": [round(sample * 1000, 1) for sample in colds],
-        },
-        "endpoints": {},
-    }
-    process, port = start_server(server, env, pinning, logs / f"{server.key}-load.log")
+        }
+    pinning, url = bench.pinning, bench.url
+    token = bench.identity.token() if server.authenticated and bench.identity else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log")
     try:
-        first_200(process, port, probe, time.perf_counter())
+        first_200(process, port, probe, time.perf_counter(), headers)
+        check_contract(server, port, bench.dataset, headers)
         workers = children_of(process.pid)
         if len(workers) != 1:
             raise BenchError(f"expected one worker under gunicorn master {process.pid}, found {workers}")
@@ -519,19 +735,23 @@ def bench_server(
             "master": memory_kib(process.pid)["VmRSS"],
         }
         for mode, label in ENDPOINTS:
-            print(f"bench: {server.key}: {label}: {WARMUP_S} s warm-up, {DURATION_S} s measured ...", flush=True)
-            warmup = run_wrk(wrk, pinning, port, mode, ids_dir, WARMUP_S)
+            print(f"bench: run {run}: {server.key}: {label}: {WARMUP_S} s warm-up, {DURATION_S} s", flush=True)
+            token = bench.identity.token() if server.authenticated and bench.identity else None
+            warmup = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, WARMUP_S, token=token) if WARMUP_S else {}
             sessions_before = asyncio.run(_sessions_opened(url))
             cpu_before, busy_before, wall_before = cpu_seconds(worker), cpu_times(), time.perf_counter()
-            measured = run_wrk(wrk, pinning, port, mode, ids_dir, DURATION_S)
+            measured = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, DURATION_S, token=token)
             wall = time.perf_counter() - wall_before
             worker_cpu_s = cpu_seconds(worker) - cpu_before
             measured["cpu_busy_pct"] = busy_percent(busy_before, cpu_times())
             sessions_after = asyncio.run(_sessions_opened(url))
+            measured["worker_cpu_s"] = round(worker_cpu_s, 3)
             measured["worker_cpu_pct"] = round(100 * worker_cpu_s / wall, 1)
-            # Throughput per CPU-second the worker used: steadier than req/s when the other CPU
-            # (wrk and PostgreSQL) is the bottleneck or the machine is noisy.
-            measured["req_per_cpu_s"] = round(measured["requests"] / worker_cpu_s, 1) if worker_cpu_s else None
+            # CPU per request: what one request costs the worker, whatever else slowed the run.
+            # Throughput per CPU-second is its inverse, steadier than req/s on a noisy machine.
+            requests = measured["requests"]
+            measured["cpu_us_per_request"] = round(1e6 * worker_cpu_s / requests, 1) if requests else None
+            measured["req_per_cpu_s"] = round(requests / worker_cpu_s, 1) if worker_cpu_s else None
             if sessions_before is not None and sessions_after is not None:
                 measured["db_sessions_opened"] = sessions_after - sessions_before - 1
             # The server's CPU should be busy with the worker alone; anything more is another
@@ -539,10 +759,13 @@ def bench_server(
             other = measured["cpu_busy_pct"].get(str(pinning.server_cpu), 0) - measured["worker_cpu_pct"]
             if pinning.server_cpu is not None and other > 10:
                 measured["interference_pct"] = round(other, 1)
-                print(f"bench: note: other processes used {other:.0f}% of CPU {pinning.server_cpu} during this run")
-            measured["warmup"] = {key: warmup[key] for key in ("rps", "p99_ms", "non_2xx", "non_2xx_samples")}
+                print(f"bench: note: other processes used {other:.0f}% of CPU {pinning.server_cpu} meanwhile")
+            measured["warmup"] = {key: warmup.get(key) for key in ("rps", "p99_ms", "non_2xx", "non_2xx_samples")}
             if mode == "create_task":
-                measured["rows_created"] = asyncio.run(_delete_posted(url, dataset.project_ids))
+                # wrk stops sending at the deadline; requests it has given up on may still be running
+                # (a sync peer's thread pool): let them finish before their rows are deleted.
+                time.sleep(1)
+                measured["rows_created"] = asyncio.run(_delete_posted(url, bench.dataset.project_ids))
             result["endpoints"][mode] = measured
         master, worker_memory = memory_kib(process.pid), memory_kib(worker)
         result["rss_kib"] = {
@@ -556,127 +779,118 @@ def bench_server(
     return result
 
 
+_IMPORT_TIMING = (
+    "import time\n"
+    "t0 = time.perf_counter()\n"
+    f"import {', '.join(MAIN_DEPENDENCIES)}\n"
+    "t1 = time.perf_counter()\n"
+    "import main\n"
+    "print(t1 - t0, time.perf_counter() - t1)\n"
+)
+
+
+def measure_imports(bench: Bench) -> dict[str, Any]:
+    """`import main` against importing only the libraries it is built on: a fresh interpreter on
+    the server's CPU imports those first, then main; the second figure is what the app adds."""
+    env = server_env(bench.url)
+    samples = []
+    for _ in range(IMPORT_SAMPLES):
+        command = [*bench.pinning.prefix(bench.pinning.server_cpu), sys.executable, "-c", _IMPORT_TIMING]
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise BenchError(f"import main failed:\n{result.stderr[-3000:]}")
+        dependencies_s, main_s = (float(value) for value in result.stdout.split()[-2:])
+        samples.append((round(dependencies_s * 1000, 1), round(main_s * 1000, 1)))
+    return {
+        "dependencies": list(MAIN_DEPENDENCIES),
+        "dependencies_ms": statistics.median(sample[0] for sample in samples),
+        "main_over_dependencies_ms": statistics.median(sample[1] for sample in samples),
+        "samples_ms": samples,
+    }
+
+
+def run_once(run: int, servers: tuple[Server, ...], bench: Bench) -> dict[str, Any]:
+    """One run: every server, in an order that rotates from run to run (so no server is always
+    the one measured while the machine warms up or a neighbour starts), then the import timing."""
+    shift = (run - 1) % len(servers)
+    order = servers[shift:] + servers[:shift]
+    result: dict[str, Any] = {"order": [server.key for server in order], "servers": {}}
+    for server in order:
+        result["servers"][server.key] = bench_server(server, bench, run)
+    if IMPORT_SAMPLES and any(server.key == "service" for server in servers):
+        print(f"bench: run {run}: import main, {IMPORT_SAMPLES} times ...", flush=True)
+        result["imports"] = measure_imports(bench)
+    return result
+
+
+def profile_service(bench: Bench) -> dict[str, Any]:
+    """py-spy samples the service's worker (settings as deployed) under GET and list load."""
+    py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
+    if py_spy is None:
+        return {"error": "py-spy is not installed (bench/requirements.txt lists it)"}
+    service = next(server for server in SERVERS if server.key == "service")
+    env = server_env(bench.url, service)
+    process, port = start_server(service, env, bench.pinning, bench.logs / "service-profile.log")
+    profiles: dict[str, Any] = {"rate_hz": PROFILE_RATE, "seconds": PROFILE_S}
+    try:
+        first_200(process, port, f"/v1/tasks/{bench.dataset.task_ids[0]}", time.perf_counter())
+        (worker,) = children_of(process.pid)
+        for mode, label in ENDPOINTS[:2]:
+            print(f"bench: profile: {label}: py-spy on the worker for {PROFILE_S} s under load ...", flush=True)
+            run_wrk(bench.wrk, bench.pinning, port, mode, bench.ids_dir, max(WARMUP_S, 1))
+            # The load starts first and outlasts the recording by a second at each end.
+            command = wrk_command(bench.wrk, bench.pinning, port, mode, bench.ids_dir, PROFILE_S + 2)
+            load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                time.sleep(1)
+                stacks = RESULTS / f"profile-{mode}.txt"
+                recorded = profile_summary.record(
+                    py_spy, worker, PROFILE_S, PROFILE_RATE, stacks, bench.pinning.prefix(bench.pinning.load_cpu)
+                )
+                stdout, stderr = load.communicate(timeout=PROFILE_S + 60)
+            finally:
+                if load.poll() is None:  # interrupted: stop the load too
+                    load.kill()
+                    load.wait()
+            if "error" in recorded:
+                profiles[mode] = recorded
+                continue
+            served = parse_wrk(stdout, stderr, load.returncode)
+            profiles[mode] = profile_summary.summarize(stacks.read_text(), ROOT) | {
+                "stacks_file": str(stacks.relative_to(ROOT)),
+                "rps_while_sampled": served["rps"],
+                "non_2xx": served["non_2xx"],
+            }
+        profiles["imports"] = profile_summary.import_breakdown(
+            sys.executable, MAIN_DEPENDENCIES, env, ROOT, bench.pinning.prefix(bench.pinning.server_cpu)
+        )
+    finally:
+        stop(process)
+    return profiles
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
 
-def ratios(servers: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    ours = servers["service"]
-    table: dict[str, dict[str, float]] = {}
-    for peer in PEERS:
-        theirs = servers[peer]
-        row = {}
-        for mode, _ in ENDPOINTS:
-            a, b = ours["endpoints"][mode], theirs["endpoints"][mode]
-            row[f"{mode}_rps"] = round(a["rps"] / b["rps"], 3) if b["rps"] else float("nan")
-            row[f"{mode}_p99"] = round(a["p99_ms"] / b["p99_ms"], 3) if b["p99_ms"] else float("nan")
-            if a["req_per_cpu_s"] and b["req_per_cpu_s"]:
-                row[f"{mode}_req_per_cpu_s"] = round(a["req_per_cpu_s"] / b["req_per_cpu_s"], 3)
-        row["cold_start"] = round(ours["cold_start_ms"]["median"] / theirs["cold_start_ms"]["median"], 3)
-        row["worker_rss"] = round(ours["rss_kib"]["worker"] / theirs["rss_kib"]["worker"], 3)
-        table[peer] = row
-    return table
-
-
-def targets(servers: dict[str, dict[str, Any]], ratio: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    rss_mib = servers["service"]["rss_kib"]["worker"] / 1024
-    checks = [
-        ("GET one task req/s >= 1.5x the Flask peer's", ratio["flask"]["get_task_rps"], ">=", 1.5, "x"),
-        ("GET one task req/s >= 0.7x the asyncpg peer's", ratio["asyncpg"]["get_task_rps"], ">=", 0.7, "x"),
-        ("GET one task p99 <= 1.5x the asyncpg peer's", ratio["asyncpg"]["get_task_p99"], "<=", 1.5, "x"),
-        ("list tasks req/s >= 0.6x the asyncpg peer's", ratio["asyncpg"]["list_tasks_rps"], ">=", 0.6, "x"),
-        ("POST task req/s >= 0.6x the asyncpg peer's", ratio["asyncpg"]["create_task_rps"], ">=", 0.6, "x"),
-        ("cold start <= 1.5x the asyncpg peer's", ratio["asyncpg"]["cold_start"], "<=", 1.5, "x"),
-        ("worker RSS after load <= 120 MiB", round(rss_mib, 1), "<=", 120, " MiB"),
-    ]
-    return [
-        {
-            "target": name,
-            "value": value,
-            "limit": limit,
-            "unit": unit.strip(),
-            "pass": value >= limit if op == ">=" else value <= limit,
+def summarize(runs: list[dict[str, Any]], servers: tuple[Server, ...]) -> dict[str, Any]:
+    modes = [mode for mode, _ in ENDPOINTS]
+    keys = [server.key for server in servers]
+    summary: dict[str, Any] = {
+        "servers": report.medians(runs, keys, modes),
+        "ratios": report.ratio_table(runs, [peer for peer in PEERS if peer in keys], modes),
+        "targets": report.judge(runs),
+        "auth_extra_cpu_pct": {
+            mode: report.median([report.auth_extra_cpu_pct(run, mode) for run in runs]) for mode in modes
+        },
+    }
+    imports = [run["imports"] for run in runs if "imports" in run]
+    if imports:
+        summary["imports"] = {
+            name: report.median([entry[name] for entry in imports])
+            for name in ("dependencies_ms", "main_over_dependencies_ms")
         }
-        for name, value, op, limit, unit in checks
-    ]
-
-
-def _ratio_cell(row: dict[str, float], key: str) -> str:
-    value = row.get(key)
-    return f"{value:.2f}x" if value is not None else "-"
-
-
-def render(results: dict[str, Any]) -> str:
-    """The printed report: per endpoint and server, then cold start and memory, ratios, targets."""
-    servers, settings = results["servers"], results["settings"]
-    load_cpu = settings["load_cpu"]
-    busy_label = f"CPU{load_cpu} busy" if load_cpu is not None else "-"
-    on_load_cpu = "wrk" if settings["database"] == "DATABASE_URL" else "wrk + PostgreSQL"
-    lines = [
-        f"wrk: {settings['connections']} connections, 1 thread, {settings['duration_s']} s per endpoint after "
-        f"{settings['warmup_s']} s warm-up; server on CPU {settings['server_cpu']}, {on_load_cpu} on CPU {load_cpu}",
-        "",
-    ]
-    header = (
-        f"{'endpoint':29} {'server':8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7}"
-        f" {'worker CPU':>10} {'req/CPU-s':>9} {busy_label:>9}"
-    )
-    lines += [header, "-" * len(header)]
-    for mode, label in ENDPOINTS:
-        for index, server in enumerate(SERVERS):
-            row = servers[server.key]["endpoints"][mode]
-            busy = row["cpu_busy_pct"].get(str(load_cpu))
-            lines.append(
-                f"{label if index == 0 else '':29} {server.key:8} {row['rps']:7.0f} {row['p50_ms']:7.1f}"
-                f" {row['p99_ms']:7.1f} {row['non_2xx']:7d} {row['worker_cpu_pct']:9.0f}%"
-                f" {row['req_per_cpu_s'] or 0:9.0f} {'-' if busy is None else f'{busy:.0f}%':>9}"
-            )
-    for mode, label in ENDPOINTS:
-        for server in SERVERS:
-            row = servers[server.key]["endpoints"][mode]
-            if row.get("interference_pct"):
-                other = row["interference_pct"]
-                lines.append(f"note: {label}, {server.key}: other processes used {other:.0f}% of the server's CPU")
-            if any(row["socket_errors"].values()):
-                lines.append(f"note: {label}, {server.key}: wrk socket errors {row['socket_errors']}")
-    lines.append("")
-    header = f"{'':29} {'server':8} {'cold start':>11} {'worker RSS':>11} {'worker PSS':>11} {'master RSS':>11}"
-    lines += [header, f"{'':29} {'-' * (len(header) - 30)}"]
-    for server in SERVERS:
-        data = servers[server.key]
-        memory = {key: f"{value / 1024:.1f} MiB" if value else "-" for key, value in data["rss_kib"].items()}
-        lines.append(
-            f"{'':29} {server.key:8} {data['cold_start_ms']['median']:8.0f} ms {memory['worker']:>11}"
-            f" {memory['worker_pss']:>11} {memory['master']:>11}"
-        )
-    lines.append(f"{'':29} (cold start: median of {settings['cold_starts']} starts; memory after the load)")
-    lines.append("")
-    lines.append(f"{'ratio: this service / peer':42} {'vs flask':>9} {'vs asyncpg':>10}")
-    ratio = results["ratios"]
-    for mode, label in ENDPOINTS:
-        for metric, name in (("rps", "req/s"), ("p99", "p99"), ("req_per_cpu_s", "req/CPU-s")):
-            key = f"{mode}_{metric}"
-            flask, asyncpg_ = _ratio_cell(ratio["flask"], key), _ratio_cell(ratio["asyncpg"], key)
-            lines.append(f"{label + ' ' + name:42} {flask:>9} {asyncpg_:>10}")
-    for key, name in (("cold_start", "cold start"), ("worker_rss", "worker RSS")):
-        flask, asyncpg_ = _ratio_cell(ratio["flask"], key), _ratio_cell(ratio["asyncpg"], key)
-        lines.append(f"{name:42} {flask:>9} {asyncpg_:>10}")
-    lines.append("")
-    disturbed = [
-        f"{server.key} {mode}"
-        for server in SERVERS
-        for mode, _ in ENDPOINTS
-        if servers[server.key]["endpoints"][mode].get("interference_pct")
-    ]
-    if disturbed:
-        lines.append(f"targets (other processes shared the server's CPU in {len(disturbed)} of 9 runs: run again on")
-        lines.append("a quiet machine before trusting a PASS or a MISS; req/CPU-s is the steadier figure)")
-    else:
-        lines.append("targets")
-    for check in results["targets"]:
-        value = f"{check['value']:.1f} MiB" if check["unit"] == "MiB" else f"{check['value']:.2f}x"
-        lines.append(f"  {'PASS' if check['pass'] else 'MISS'}  {check['target']:47} {value}")
-    return "\n".join(lines)
+    return summary
 
 
 def machine() -> dict[str, Any]:
@@ -722,9 +936,19 @@ def _log_tail(logs: Path, lines: int = 40) -> str:
     return f"\n--- last lines of {candidates[-1].name} ---\n" + "\n".join(text)
 
 
+def estimated_minutes(servers: tuple[Server, ...]) -> float:
+    """Rough: what the steps took on a 2-CPU machine (a server start is about a second)."""
+    load = len(servers) * (len(ENDPOINTS) * (WARMUP_S + DURATION_S + 1.5) + 3)
+    colds = sum(server.cold_starts for server in servers) * COLD_STARTS * 1.3
+    per_run = load + colds + IMPORT_SAMPLES * 1.3
+    profile = (2 * (max(WARMUP_S, 1) + PROFILE_S + 4) + 5) if PROFILE_S else 0
+    return (RUNS * per_run + profile + 20) / 60
+
+
 def main() -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     began = time.perf_counter()
+    servers = selected_servers()
     pinning = choose_pinning()
     dataset = None
     url = ""
@@ -739,7 +963,24 @@ def main() -> int:
         print(f"bench: seeded {len(dataset.project_ids)} projects x {TASKS_PER_PROJECT} tasks", flush=True)
         (ids_dir / "tasks.txt").write_text("\n".join(map(str, dataset.task_ids)) + "\n")
         (ids_dir / "projects.txt").write_text("\n".join(map(str, dataset.project_ids)) + "\n")
-        servers = {server.key: bench_server(server, url, pinning, wrk, dataset, ids_dir, logs) for server in SERVERS}
+        identity = start_identity() if any(server.authenticated for server in servers) else None
+        bench = Bench(url, pinning, wrk, dataset, ids_dir, logs, identity)
+        print(
+            f"bench: {RUNS} run(s) of {len(servers)} servers, {WARMUP_S} s + {DURATION_S} s per endpoint, "
+            f"{COLD_STARTS} cold starts; about {estimated_minutes(servers):.0f} min in all",
+            flush=True,
+        )
+        runs = []
+        for run in range(1, RUNS + 1):
+            started = time.perf_counter()
+            runs.append(run_once(run, servers, bench))
+            took = time.perf_counter() - started
+            left = f"; about {took * (RUNS - run) / 60:.1f} min of runs left" if run < RUNS else ""
+            print(f"bench: run {run} of {RUNS} took {took:.0f} s{left}", flush=True)
+        if PROFILE_S and any(server.key == "service" for server in servers):
+            profile = profile_service(bench)
+        else:
+            profile = {"error": "not profiled (BENCH_PROFILE_S=0, or the service is not among BENCH_SERVERS)"}
         unusual = collect_unusual_log_lines(logs)
         results: dict[str, Any] = {
             "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -751,31 +992,37 @@ def main() -> int:
                 "wrk": wrk_version(wrk),
                 "wrk_threads": 1,
                 "connections": CONNECTIONS,
+                "runs": RUNS,
                 "warmup_s": WARMUP_S,
                 "duration_s": DURATION_S,
                 "cold_starts": COLD_STARTS,
+                "import_samples": IMPORT_SAMPLES,
                 "pool_size": POOL_SIZE,
                 "server_cpu": pinning.server_cpu,
                 "load_cpu": pinning.load_cpu,
+                "servers": {server.key: server.label for server in servers},
             },
-            "servers": servers,
+            "summary": summarize(runs, servers),
+            "runs": runs,
+            "profile": profile,
             "server_log_lines": unusual,
         }
-        results["ratios"] = ratios(servers)
-        results["targets"] = targets(servers, results["ratios"])
         results["elapsed_s"] = round(time.perf_counter() - began, 1)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+        labels = dict(ENDPOINTS)
         print()
-        print(render(results))
+        print("\n".join(report.render(results, labels)))
         print()
+        print("\n".join(profile_summary.render(profile, {mode: labels[mode] for mode in ("get_task", "list_tasks")})))
         for key, lines in unusual.items():
             print(f"bench: {key} wrote {len(lines)} unexpected log line(s); first: {lines[0][:300]}")
-        for server in SERVERS:
-            for mode, label in ENDPOINTS:
-                samples = servers[server.key]["endpoints"][mode]["non_2xx_samples"]
-                if samples:
-                    print(f"bench: {server.key} {label} non-2xx, first: {samples[0][:500]}")
+        for index, run_result in enumerate(runs, 1):
+            for key, data in run_result["servers"].items():
+                for mode, label in ENDPOINTS:
+                    samples = data["endpoints"][mode]["non_2xx_samples"]
+                    if samples:
+                        print(f"bench: run {index}: {key} {label} non-2xx, first: {samples[0][:500]}")
         print(f"bench: results in {RESULTS / 'latest.json'} ({results['elapsed_s']:.0f} s)")
         return 0
     except BenchError as error:

@@ -1,15 +1,18 @@
 -- wrk script for bench/run.py: one endpoint per run, random ids, JSON summary on stdout.
 --
---   wrk -t1 -c16 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE IDS_DIR
+--   wrk -t1 -c16 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE IDS_DIR [TAG [TOKEN]]
 --
 -- MODE is get_task, list_tasks, create_task, or mixed (the soak: 70 % reads of one task, 20 %
 -- lists, 10 % creates). IDS_DIR holds tasks.txt and projects.txt
 -- (one UUID a line), written by run.py from the seeded rows. The seed is fixed, so every
 -- server gets the same sequence of requests.
-
-local mode, ids_dir
+--
+-- Every request carries a W3C `traceparent`, as Google's front end adds to each request it
+-- forwards; every POST carries an `Idempotency-Key`. TAG (16 hex digits, new for each wrk run) makes both
+-- unique across runs. TOKEN, when given, is sent as `Authorization: Bearer TOKEN`.
+local mode, ids_dir, tag, authorization
 local task_ids, project_ids = {}, {}
-local posted = 0
+local posted, sent = 0, 0
 -- Globals, not locals: done() reads them from each thread's Lua state with thread:get().
 non2xx = 0
 samples = ""  -- the first few non-2xx responses, status and body, for the report
@@ -33,7 +36,9 @@ function setup(thread)
 end
 
 function init(args)
-  mode, ids_dir = args[1], args[2]
+  mode, ids_dir, tag = args[1], args[2], args[3] or "0000000000000001"
+  assert(tag:match("^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$"), "TAG must be 16 hex digits")
+  if args[4] and #args[4] > 0 then authorization = "Bearer " .. args[4] end
   assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task" or mode == "mixed",
     "unknown mode " .. tostring(mode))
   task_ids = read_lines(ids_dir .. "/tasks.txt")
@@ -41,7 +46,13 @@ function init(args)
   math.randomseed(20261122)
 end
 
-local json_headers = { ["Content-Type"] = "application/json" }
+local function headers()
+  sent = sent + 1
+  -- Trace id: the run's tag, then a counter (32 hex digits); span id: the counter (16).
+  local result = { ["traceparent"] = string.format("00-%s%016x-%016x-01", tag, sent, sent) }
+  if authorization then result["Authorization"] = authorization end
+  return result
+end
 
 function request()
   local kind = mode
@@ -50,16 +61,19 @@ function request()
     kind = draw <= 70 and "get_task" or (draw <= 90 and "list_tasks" or "create_task")
   end
   if kind == "get_task" then
-    return wrk.format("GET", "/v1/tasks/" .. task_ids[math.random(#task_ids)])
+    return wrk.format("GET", "/v1/tasks/" .. task_ids[math.random(#task_ids)], headers())
   end
   local path = "/v1/projects/" .. project_ids[math.random(#project_ids)] .. "/tasks"
   if kind == "list_tasks" then
-    return wrk.format("GET", path)
+    return wrk.format("GET", path, headers())
   end
   posted = posted + 1
+  local post_headers = headers()
+  post_headers["Content-Type"] = "application/json"
+  post_headers["Idempotency-Key"] = string.format("wrk-%s-%d", tag, posted)
   -- A small task; the "wrk-post" prefix lets run.py delete these rows after the run.
   local body = string.format('{"title": "wrk-post %d", "priority": %d}', posted, posted % 4)
-  return wrk.format("POST", path, json_headers, body)
+  return wrk.format("POST", path, post_headers, body)
 end
 
 function response(status, headers, body)

@@ -11,6 +11,7 @@ the worker's running loop: an asyncpg pool is bound to the loop it was made in.
 
 import asyncio
 import base64
+import binascii
 import datetime
 import json
 import os
@@ -18,6 +19,7 @@ import uuid
 
 import asyncpg
 import functions_framework.aio
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,12 +33,16 @@ _COLUMNS = (
 )
 _GET_TASK = f"SELECT {_COLUMNS} FROM tasks WHERE id = $1"
 _LIST_TASKS = f"SELECT {_COLUMNS} FROM tasks WHERE project_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+_LIST_TASKS_AFTER = (
+    f"SELECT {_COLUMNS} FROM tasks WHERE project_id = $1 AND (created_at, id) < ($3, $4) "
+    "ORDER BY created_at DESC, id DESC LIMIT $2"
+)
 _PROJECT_EXISTS = "SELECT 1 FROM projects WHERE id = $1"
 _INSERT_TASK = (
     "INSERT INTO tasks (project_id, title, description, status, priority, due_date) "
     f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}"
 )
-_PAGE_SIZE = 20
+_DEFAULT_LIMIT, _MAX_LIMIT = 20, 100
 
 _pool: "asyncio.Task[asyncpg.Pool] | None" = None
 
@@ -61,6 +67,21 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
+def _page(query: QueryParams) -> tuple[int, tuple[datetime.datetime, uuid.UUID] | None] | None:
+    """(limit, after) from `limit` (1-100, default 20) and `cursor`, or None when either is invalid."""
+    limit = query.get("limit", str(_DEFAULT_LIMIT))
+    if not limit.isdigit() or not 1 <= int(limit) <= _MAX_LIMIT:
+        return None
+    if "cursor" not in query:
+        return int(limit), None
+    try:
+        cursor = query["cursor"]
+        created_at, task_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+        return int(limit), (datetime.datetime.fromisoformat(created_at), uuid.UUID(task_id))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+
+
 def _not_found(what: str) -> Response:
     return _json({"detail": f"{what} not found"}, 404)
 
@@ -83,13 +104,20 @@ async def get_task(task_id: uuid.UUID) -> Response:
     return _json(dict(row)) if row is not None else _not_found("task")
 
 
-async def list_tasks(project_id: uuid.UUID) -> Response:
+async def list_tasks(project_id: uuid.UUID, query: QueryParams) -> Response:
+    page = _page(query)
+    if page is None:
+        return _json({"detail": "limit must be 1 to 100, cursor one this API issued"}, 422)
+    limit, after = page
     async with (await _get_pool()).acquire() as conn:
-        rows = await conn.fetch(_LIST_TASKS, project_id, _PAGE_SIZE + 1)
+        if after is None:
+            rows = await conn.fetch(_LIST_TASKS, project_id, limit + 1)
+        else:
+            rows = await conn.fetch(_LIST_TASKS_AFTER, project_id, limit + 1, *after)
         if not rows and await conn.fetchval(_PROJECT_EXISTS, project_id) is None:
             return _not_found("project")
-    next_cursor = _cursor(rows[_PAGE_SIZE - 1]) if len(rows) > _PAGE_SIZE else None
-    return _json({"items": [dict(row) for row in rows[:_PAGE_SIZE]], "next_cursor": next_cursor})
+    next_cursor = _cursor(rows[limit - 1]) if len(rows) > limit else None
+    return _json({"items": [dict(row) for row in rows[:limit]], "next_cursor": next_cursor})
 
 
 async def create_task(project_id: uuid.UUID, request: Request) -> Response:
@@ -130,7 +158,7 @@ async def tasks(request: Request) -> Response:
         if project_id is None:
             return _not_found("project")
         if request.method == "GET":
-            return await list_tasks(project_id)
+            return await list_tasks(project_id, request.query_params)
         if request.method == "POST":
             return await create_task(project_id, request)
         return _json({"detail": "method not allowed"}, 405)

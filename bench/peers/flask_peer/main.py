@@ -13,9 +13,11 @@ checked only as far as the insert needs.
 """
 
 import base64
+import binascii
 import datetime
 import os
 import uuid
+from collections.abc import Mapping
 
 import flask
 import functions_framework
@@ -44,12 +46,16 @@ _GET_TASK = sqlalchemy.text(f"SELECT {_COLUMNS} FROM tasks WHERE id = :id")
 _LIST_TASKS = sqlalchemy.text(
     f"SELECT {_COLUMNS} FROM tasks WHERE project_id = :project_id ORDER BY created_at DESC, id DESC LIMIT :limit"
 )
+_LIST_TASKS_AFTER = sqlalchemy.text(
+    f"SELECT {_COLUMNS} FROM tasks WHERE project_id = :project_id AND (created_at, id) < (:after_at, :after_id) "
+    "ORDER BY created_at DESC, id DESC LIMIT :limit"
+)
 _PROJECT_EXISTS = sqlalchemy.text("SELECT 1 FROM projects WHERE id = :id")
 _INSERT_TASK = sqlalchemy.text(
     "INSERT INTO tasks (project_id, title, description, status, priority, due_date) "
     f"VALUES (:project_id, :title, :description, :status, :priority, :due_date) RETURNING {_COLUMNS}"
 )
-_PAGE_SIZE = 20
+_DEFAULT_LIMIT, _MAX_LIMIT = 20, 100
 
 
 def _row_to_dict(row: sqlalchemy.Row) -> dict:
@@ -67,6 +73,22 @@ def _cursor(row: sqlalchemy.Row) -> str:
     """The same opaque cursor the service issues: `created_at|id`, base64url without padding."""
     raw = f"{row.created_at.isoformat()}|{row.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _page(args: Mapping[str, str]) -> dict | None:
+    """`limit` (1-100, default 20) and `cursor` as query values, or None when either is invalid."""
+    limit = args.get("limit", str(_DEFAULT_LIMIT))
+    if not limit.isdigit() or not 1 <= int(limit) <= _MAX_LIMIT:
+        return None
+    values = {"limit": int(limit) + 1}  # one row more tells whether another page exists
+    if "cursor" in args:
+        try:
+            cursor = args["cursor"]
+            created_at, task_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+            values |= {"after_at": datetime.datetime.fromisoformat(created_at), "after_id": uuid.UUID(task_id)}
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+    return values
 
 
 def _not_found(what: str) -> tuple[dict, int]:
@@ -88,13 +110,17 @@ def get_task(task_id: uuid.UUID) -> tuple[dict, int]:
     return _row_to_dict(row), 200
 
 
-def list_tasks(project_id: uuid.UUID) -> tuple[dict, int]:
+def list_tasks(project_id: uuid.UUID, args: Mapping[str, str]) -> tuple[dict, int]:
+    page = _page(args)
+    if page is None:
+        return {"detail": "limit must be 1 to 100, cursor one this API issued"}, 422
+    statement, limit = (_LIST_TASKS_AFTER if "after_at" in page else _LIST_TASKS), page["limit"] - 1
     with db.connect() as conn:
-        rows = conn.execute(_LIST_TASKS, {"project_id": project_id, "limit": _PAGE_SIZE + 1}).all()
+        rows = conn.execute(statement, {"project_id": project_id, **page}).all()
         if not rows and conn.execute(_PROJECT_EXISTS, {"id": project_id}).first() is None:
             return _not_found("project")
-    next_cursor = _cursor(rows[_PAGE_SIZE - 1]) if len(rows) > _PAGE_SIZE else None
-    return {"items": [_row_to_dict(row) for row in rows[:_PAGE_SIZE]], "next_cursor": next_cursor}, 200
+    next_cursor = _cursor(rows[limit - 1]) if len(rows) > limit else None
+    return {"items": [_row_to_dict(row) for row in rows[:limit]], "next_cursor": next_cursor}, 200
 
 
 def create_task(project_id: uuid.UUID, request: flask.Request) -> tuple[dict, int] | flask.Response:
@@ -138,7 +164,7 @@ def tasks(request: flask.Request) -> tuple[dict, int] | flask.Response:
         if project_id is None:
             return _not_found("project")
         if request.method == "GET":
-            return list_tasks(project_id)
+            return list_tasks(project_id, request.args)
         if request.method == "POST":
             return create_task(project_id, request)
         return {"detail": "method not allowed"}, 405
