@@ -240,3 +240,23 @@ def test_pyjwt_is_not_loaded_without_authentication() -> None:
     env = {"DATABASE_URL": "postgresql+asyncpg://u@h/d", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+async def test_a_token_is_verified_once_and_refused_once_it_expires(
+    client: httpx.AsyncClient, issuer: Issuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verified tokens are remembered (no second signature check), but never past their `exp`."""
+    monkeypatch.setattr(tokens, "CLOCK_SKEW_S", 0)
+    decode, decoded = tokens.jwt.decode, []
+
+    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+        decoded.append(1)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(tokens.jwt, "decode", counting_decode)
+    headers = {"Authorization": f"Bearer {issuer.token(expires_in=2)}"}
+    for _ in range(3):
+        assert (await client.get("/v1/projects", headers=headers)).status_code == 200
+    assert len(decoded) == 1
+    await asyncio.sleep(2.1)
+    assert "expired" in assert_problem(await client.get("/v1/projects", headers=headers), 401)["detail"]
