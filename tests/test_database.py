@@ -1,5 +1,5 @@
 """The pool honours the settings, hands connections over fairly, keeps no spare ones, and waits for
-one of its own when PostgreSQL has no free slot."""
+one of its own, or for a free slot, when PostgreSQL has none."""
 
 import asyncio
 import time
@@ -22,6 +22,7 @@ async def test_connections_carry_the_statement_timeout_and_the_service_name(data
         async with database.connection() as connection:
             assert await connection.fetchval("SHOW statement_timeout") == "1234ms"
             assert await connection.fetchval("SHOW application_name") == "projects-api"
+            assert await connection.fetchval("SHOW idle_session_timeout") == "1min"
     finally:
         await database.dispose()
 
@@ -201,18 +202,66 @@ async def test_when_the_server_refuses_a_connection_requests_wait_for_one_of_our
         await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
 
 
-async def test_a_refused_first_connection_is_an_error_not_a_wait(database_url: str, server_url: str) -> None:
+async def test_a_refused_first_connection_is_retried_after_a_backoff_then_is_the_error(
+    database_url: str, server_url: str
+) -> None:
+    """Holding no connection of its own, the pool asks the server again about once a second (not
+    in a tight loop), and answers with the server's refusal when the pool timeout ends."""
     url = database_url
     role = f"capped_{uuid.uuid4().hex[:8]}"
     await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
+    attempts = 0
 
     async def connect() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
         return await asyncpg.connect(libpq_url(url), user=role)
 
-    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=2.5, recycle_s=1800, ping_after_s=60)
     try:
+        started = time.monotonic()
         with pytest.raises(asyncpg.TooManyConnectionsError):
-            await pool.acquire()
+            await asyncio.gather(*(pool.acquire() for _ in range(5)))
+        assert 2.4 < time.monotonic() - started < 4
+        # retried, but at most max_size at a time, each 0.5-1.5 s after the last refusal: not 5 x a loop
+        assert 3 <= attempts <= 2 * (1 + 2.5 / 0.5), attempts
     finally:
         await pool.close()
         await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_a_refused_pool_takes_a_slot_as_soon_as_one_frees_up(database_url: str, server_url: str) -> None:
+    """Another instance holds the only slot; once it lets go, the waiting request gets it."""
+    role = f"capped_{uuid.uuid4().hex[:8]}"
+    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(libpq_url(database_url), user=role)
+
+    other_instance = await connect()
+    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    try:
+        waiting = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await other_instance.close()
+        connection = await asyncio.wait_for(waiting, 3)
+        assert await connection.fetchval("SELECT 1") == 1
+        pool.release(connection)
+    finally:
+        await pool.close()
+        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_a_spare_connection_is_lent_not_kept(connect: Callable) -> None:  # type: ignore[type-arg]
+    """Beyond min_idle, a connection open longer than idle_s goes back to the server when it comes
+    back with nobody waiting (another instance may need the slot); min_idle ones stay."""
+    pool = _pool(connect, max_size=3, min_idle=1, idle_s=0.3)
+    held = [await pool.acquire() for _ in range(3)]
+    await asyncio.sleep(0.4)
+    for connection in held:
+        pool.release(connection)
+    assert pool.size == 1
+    pool.release(await pool.acquire())  # the one kept is reused: nothing new opened
+    assert len(connect.opened) == 3  # type: ignore[attr-defined]
+    await pool.close()

@@ -36,6 +36,10 @@ CONNECT_ATTEMPTS = 3  # a restart or failover drops connections for a moment: tr
 CONNECT_BACKOFF_S = 0.1  # full jitter: sleep uniform(0, 0.1 * 2**attempt) between attempts
 IDLE_PING_AFTER_S = 10.0  # a pooled connection unused this long is pinged before it is handed out
 RECYCLE_S = 1800.0  # reopen connections older than 30 min (proxies and failovers drop them)
+# PostgreSQL itself ends a session idle this long (at least twice DB_POOL_IDLE_S): an instance that
+# gets no requests gets no CPU on Cloud Functions, so it cannot close its spare connections, and
+# would hold them from busy instances until Cloud Run stops it. The idle ping finds them closed.
+IDLE_SESSION_TIMEOUT_S = 60.0
 
 
 class Database:
@@ -115,6 +119,7 @@ class Database:
         server_settings = {
             "statement_timeout": str(settings.db_statement_timeout_ms),  # no runaway query holds a connection
             "application_name": settings.service_name,  # names our sessions in pg_stat_activity
+            "idle_session_timeout": str(int(1000 * max(IDLE_SESSION_TIMEOUT_S, 2 * settings.db_pool_idle_s))),
         }
         connect: Callable[[], Awaitable[asyncpg.Connection]]
         if self._cloud_sql is not None:

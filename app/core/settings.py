@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     cloud_sql_admin_endpoint: str | None = None
     db_pool_size: int = Field(default=5, ge=0, le=100)
     db_max_overflow: int = Field(default=2, ge=0, le=100)
-    db_pool_idle_s: float = Field(default=30, ge=0, le=3600)
+    db_pool_idle_s: float = Field(default=10, ge=0, le=3600)
     db_pool_timeout_s: float = Field(default=10, gt=0, le=300)
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
 
