@@ -4,7 +4,7 @@ one of its own, or for a free slot, when PostgreSQL has none."""
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -166,24 +166,39 @@ async def test_a_connection_left_in_a_transaction_is_not_reused(connect: Callabl
     await pool.close()
 
 
+@pytest.fixture
+async def capped(database_url: str, server_url: str) -> AsyncIterator[Callable]:  # type: ignore[type-arg]
+    """A factory of counting connect functions, each logging in as a new role with a CONNECTION
+    LIMIT: PostgreSQL refuses it past the limit with 'too many connections' (53300), as a full
+    server refuses anyone."""
+    roles: list[str] = []
+
+    async def make(limit: int) -> Callable[[], Awaitable[asyncpg.Connection]]:
+        role = f"capped_{uuid.uuid4().hex[:8]}"
+        await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {limit}")
+        roles.append(role)
+
+        async def connect() -> asyncpg.Connection:
+            connect.attempts += 1  # type: ignore[attr-defined]
+            return await asyncpg.connect(libpq_url(database_url), user=role)
+
+        connect.attempts = 0  # type: ignore[attr-defined]
+        return connect
+
+    yield make
+    for role in roles:
+        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
+
+
 async def test_when_the_server_refuses_a_connection_requests_wait_for_one_of_ours(
-    database_url: str, server_url: str, monkeypatch: pytest.MonkeyPatch
+    capped: Callable,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """PostgreSQL answers 'too many connections' (53300) past a limit: here a role's CONNECTION
-    LIMIT of 2, against a pool allowed 4. The pool keeps serving on its 2, queues the rest, and
-    does not retry the refused connect on every request."""
-    url = database_url
-    role = f"capped_{uuid.uuid4().hex[:8]}"
-    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
-    attempts = 0
-
-    async def connect() -> asyncpg.Connection:
-        nonlocal attempts
-        attempts += 1
-        return await asyncpg.connect(libpq_url(url), user=role)
-
+    """A role's CONNECTION LIMIT of 2 against a pool allowed 4: the pool keeps serving on its 2,
+    queues the rest, and does not retry the refused connect on every request."""
+    connect = await capped(2)
     monkeypatch.setattr(pool_module, "REFUSED_BACKOFF_S", 10.0)
-    pool = Pool(connect, max_size=4, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    pool = _pool(connect, max_size=4, min_idle=0, timeout_s=5)
     try:
 
         async def use() -> int:
@@ -196,50 +211,34 @@ async def test_when_the_server_refuses_a_connection_requests_wait_for_one_of_our
         results = await asyncio.gather(*(use() for _ in range(40)))
         assert results == [1] * 40
         assert pool.size == 2
-        assert attempts == 4  # four at once (two refused); then none until the backoff ends
+        assert connect.attempts == 4  # four at once (two refused); then none until the backoff ends
     finally:
         await pool.close()
-        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
 
 
 async def test_a_refused_first_connection_is_retried_after_a_backoff_then_is_the_error(
-    database_url: str, server_url: str
+    capped: Callable,  # type: ignore[type-arg]
 ) -> None:
     """Holding no connection of its own, the pool asks the server again about once a second (not
     in a tight loop), and answers with the server's refusal when the pool timeout ends."""
-    url = database_url
-    role = f"capped_{uuid.uuid4().hex[:8]}"
-    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
-    attempts = 0
-
-    async def connect() -> asyncpg.Connection:
-        nonlocal attempts
-        attempts += 1
-        return await asyncpg.connect(libpq_url(url), user=role)
-
-    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=2.5, recycle_s=1800, ping_after_s=60)
+    connect = await capped(0)
+    pool = _pool(connect, max_size=2, min_idle=0, timeout_s=2.5)
     try:
         started = time.monotonic()
         with pytest.raises(asyncpg.TooManyConnectionsError):
             await asyncio.gather(*(pool.acquire() for _ in range(5)))
         assert 2.4 < time.monotonic() - started < 4
         # retried, but at most max_size at a time, each 0.5-1.5 s after the last refusal: not 5 x a loop
-        assert 3 <= attempts <= 2 * (1 + 2.5 / 0.5), attempts
+        assert 3 <= connect.attempts <= 2 * (1 + 2.5 / 0.5), connect.attempts
     finally:
         await pool.close()
-        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
 
 
-async def test_a_refused_pool_takes_a_slot_as_soon_as_one_frees_up(database_url: str, server_url: str) -> None:
+async def test_a_refused_pool_takes_a_slot_as_soon_as_one_frees_up(capped: Callable) -> None:  # type: ignore[type-arg]
     """Another instance holds the only slot; once it lets go, the waiting request gets it."""
-    role = f"capped_{uuid.uuid4().hex[:8]}"
-    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1")
-
-    async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(libpq_url(database_url), user=role)
-
+    connect = await capped(1)
     other_instance = await connect()
-    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    pool = _pool(connect, max_size=2, min_idle=0, timeout_s=5)
     try:
         waiting = asyncio.create_task(pool.acquire())
         await asyncio.sleep(0.5)
@@ -250,7 +249,6 @@ async def test_a_refused_pool_takes_a_slot_as_soon_as_one_frees_up(database_url:
         pool.release(connection)
     finally:
         await pool.close()
-        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
 
 
 async def test_a_spare_connection_is_lent_not_kept(connect: Callable) -> None:  # type: ignore[type-arg]

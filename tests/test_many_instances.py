@@ -2,9 +2,9 @@
 budget nothing is a 500, nothing acknowledged is lost, every 503 says when to retry, no instance
 is starved, and every instance serves again once the load drops.
 
-Six real function processes (tests/many_instances.py) against a private PostgreSQL with 16
-connection slots: 3 reserved, 1 for the test's own sampler, 12 for the role the instances log in
-as, an ordinary one. Pools of 2 + 2 (the build's defaults): 3 instances fill the 12 slots, 6 want
+Four real function processes (tests/many_instances.py) against a private PostgreSQL with 12
+connection slots: 3 reserved, 1 for the test's own sampler, 8 for the role the instances log in
+as, an ordinary one. Pools of 2 + 2 (the build's defaults): 2 instances fill the 8 slots, 4 want
 twice as many. DB_POOL_IDLE_S is 2 s here so that the lending of spare connections shows within
 seconds; `make scale` runs the same at the defaults, for longer, and reports the 503 rate.
 """
@@ -13,7 +13,7 @@ import asyncio
 
 from tests.many_instances import Phase, cluster
 
-INSTANCES = 3  # within the budget; twice as many past it
+INSTANCES = 2  # within the budget; twice as many past it
 POOL_SIZE, MAX_OVERFLOW = 2, 2
 IN_FLIGHT = 8  # requests at once per instance: more than its pool, so every instance wants all of it
 
@@ -35,9 +35,9 @@ def test_twice_the_budget_slows_down_instead_of_failing() -> None:
         instances.add_instances(2 * INSTANCES)  # started together; the second half idles, unconnected
         everyone = instances.servers
         instances.servers = everyone[:INSTANCES]
-        within = asyncio.run(instances.run("within the budget", 5, IN_FLIGHT))
+        within = asyncio.run(instances.run("within the budget", 4, IN_FLIGHT))
         instances.servers = everyone
-        twice = asyncio.run(instances.run("twice the budget", 10, IN_FLIGHT))
+        twice = asyncio.run(instances.run("twice the budget", 8, IN_FLIGHT))
         recovered = instances.recovery_seconds(timeout_s=20)
         stored = asyncio.run(instances.stored_task_ids())
 
@@ -47,9 +47,8 @@ def test_twice_the_budget_slows_down_instead_of_failing() -> None:
     assert_only_2xx_and_503_with_retry_after(twice)
     assert twice.peak_sessions == slots
     served = twice.per_instance()
-    assert all(served.get(index, {}).get(200, 0) + served.get(index, {}).get(201, 0) for index in range(6)), (
-        f"an instance was starved: {twice.summary()}"
-    )
+    starved = [index for index in range(2 * INSTANCES) if not served.get(index, {}).keys() & {200, 201}]
+    assert not starved, f"instances {starved} served nothing: {twice.summary()}"
     acknowledged = {answer.created for phase in (within, twice) for answer in phase.answers if answer.created}
     assert acknowledged, "no write was acknowledged"
     assert acknowledged <= stored, f"{len(acknowledged - stored)} acknowledged writes are missing"
