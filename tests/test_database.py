@@ -263,3 +263,15 @@ async def test_a_spare_connection_is_lent_not_kept(connect: Callable) -> None:  
     pool.release(await pool.acquire())  # the one kept is reused: nothing new opened
     assert len(connect.opened) == 3  # type: ignore[attr-defined]
     await pool.close()
+
+
+async def test_lending_the_last_connection_does_not_delay_the_next_request(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=2, min_idle=0, idle_s=0.1)
+    connection = await pool.acquire()
+    await asyncio.sleep(0.2)
+    pool.release(connection)  # lent back: the pool holds none
+    assert pool.size == 0
+    started = time.monotonic()
+    pool.release(await pool.acquire())
+    assert time.monotonic() - started < 0.5
+    await pool.close()

@@ -89,7 +89,8 @@ class Pool:
         age = time.monotonic() - self._born.get(connection, 0)
         spare = len(self._born) > self._min_idle and age > self._idle_s and not self._waiting()
         unusable = self._closed or connection.is_closed() or connection.is_in_transaction()
-        if spare:  # and open no new spare for a moment, so an instance the server refused may take it
+        if spare and len(self._born) > 1:  # keeping others: open no new one for a moment, so that
+            # an instance the server refused may take the slot
             self._refused_until = max(self._refused_until, time.monotonic() + REFUSED_BACKOFF_S)
         if discard or spare or age > self._recycle_s or unusable:
             self._close(connection)
