@@ -53,6 +53,11 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
+# `make scale`: many instances against too few connection slots; the 503 rate at twice the budget (docs/scaling.md).
+.PHONY: scale
+scale: $(BIN)/.installed
+	$(BIN)/python bench/scale.py
+
 # `make soak`: 60 s at 64 connections, mixed reads and writes; fails on any error or memory growth.
 .PHONY: soak
 soak: $(BIN)/.installed

@@ -27,7 +27,8 @@ EOF
                gcloud config get-value account
 
 db-custom-1-3840 (Enterprise edition) allows 100 connections: room for the build's default
---max-instances=10 times the 7 pooled connections of each instance, plus the migrator.
+--max-instances=10 with pools of 2 + 2, Cloud Run's surge past the maximum, the old revision
+while it drains, and the migrator (the build's connection-budget step checks the sum).
 If creating the instance outlasts gcloud's wait, let the operation finish and run this again.
 
 Example:

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,16 @@ FUNCTIONS_FRAMEWORK = Path(sys.executable).parent / "functions-framework"
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each probe stays bound until all are chosen."""
+    with ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @dataclass
@@ -31,6 +37,7 @@ class FunctionServer:
     process: subprocess.Popen[str]
     base_url: str
     output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def json_logs(self) -> list[dict[str, Any]]:
         entries = []
@@ -44,7 +51,28 @@ class FunctionServer:
 def serve_function(
     database_url: str, *, source: str = "tests/served_function.py", **env: str
 ) -> Iterator[FunctionServer]:
-    port = free_port()
+    with serve_functions(1, database_url, source=source, **env) as (server,):
+        yield server
+
+
+@contextmanager
+def serve_functions(
+    count: int, database_url: str, *, source: str = "tests/served_function.py", **env: str
+) -> Iterator[list[FunctionServer]]:
+    """`count` servers, each its own process on its own port (as instances are), started together."""
+    servers: list[FunctionServer] = []
+    try:
+        for port in free_ports(count):
+            servers.append(_start(port, database_url, source, env))
+        for server in servers:
+            _wait_until_up(server)
+        yield servers
+    finally:
+        for server in servers:
+            _stop(server)
+
+
+def _start(port: int, database_url: str, source: str, env: dict[str, str]) -> FunctionServer:
     environment = os.environ | {"DATABASE_URL": database_url, "PYTHONPATH": str(ROOT), "LOG_FORMAT": "json"} | env
     environment.pop("INSTANCE_CONNECTION_NAME", None)
     command = [str(FUNCTIONS_FRAMEWORK), "--target=api", f"--source={source}", "--host=127.0.0.1", f"--port={port}"]
@@ -52,16 +80,17 @@ def serve_function(
         command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     server = FunctionServer(process, f"http://127.0.0.1:{port}")
-    reader = threading.Thread(target=_collect, args=(process, server.output), daemon=True)
-    reader.start()
-    try:
-        _wait_until_up(server)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
-        reader.join(timeout=5)
+    server.reader = threading.Thread(target=_collect, args=(process, server.output), daemon=True)
+    server.reader.start()
+    return server
+
+
+def _stop(server: FunctionServer) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        server.process.wait(timeout=30)
+    if server.reader is not None:
+        server.reader.join(timeout=5)
 
 
 def _collect(process: subprocess.Popen[str], lines: list[str]) -> None:

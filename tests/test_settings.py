@@ -66,6 +66,7 @@ def test_instance_needs_an_iam_user(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DB_MAX_OVERFLOW", "-1"),
         ("DB_POOL_TIMEOUT_S", "0"),
         ("DB_STATEMENT_TIMEOUT_MS", "-5"),
+        ("DB_TRANSACTION_POOLING", "maybe"),
         ("AUTH_MODE", "basic"),
         ("LOG_LEVEL", "LOUD"),
         ("LOG_FORMAT", "xml"),
@@ -83,6 +84,16 @@ def test_auth_modes_need_their_settings(monkeypatch: pytest.MonkeyPatch) -> None
     assert "AUTH_AUDIENCE" in _error(monkeypatch, DATABASE_URL=URL, AUTH_MODE="google")
     message = _error(monkeypatch, DATABASE_URL=URL, AUTH_MODE="oidc", AUTH_AUDIENCE="aud")
     assert "OIDC_ISSUER" in message and "OIDC_JWKS_URL" in message
+
+
+def test_transaction_pooling_needs_a_url_and_the_statement_timeout_on_the_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    connector = {"INSTANCE_CONNECTION_NAME": "p:r:i", "DB_IAM_USER": "sa@p.iam", "DB_TRANSACTION_POOLING": "true"}
+    assert "DB_TRANSACTION_POOLING: needs DATABASE_URL" in _error(monkeypatch, **connector)
+    monkeypatch.delenv("INSTANCE_CONNECTION_NAME")
+    timeout = {"DATABASE_URL": URL, "DB_STATEMENT_TIMEOUT_MS": "5000"}
+    assert "ALTER ROLE ... SET statement_timeout" in _error(monkeypatch, **timeout)
+    monkeypatch.delenv("DB_STATEMENT_TIMEOUT_MS")
+    assert load_settings().db_transaction_pooling is True
 
 
 def test_log_level_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:

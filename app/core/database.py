@@ -36,6 +36,11 @@ CONNECT_ATTEMPTS = 3  # a restart or failover drops connections for a moment: tr
 CONNECT_BACKOFF_S = 0.1  # full jitter: sleep uniform(0, 0.1 * 2**attempt) between attempts
 IDLE_PING_AFTER_S = 10.0  # a pooled connection unused this long is pinged before it is handed out
 RECYCLE_S = 1800.0  # reopen connections older than 30 min (proxies and failovers drop them)
+# PostgreSQL itself ends a session idle this long (at least twice DB_POOL_IDLE_S): an instance that
+# gets no requests gets no CPU on Cloud Functions, so it cannot close its spare connections, and
+# would hold them from busy instances until Cloud Run stops it. The idle ping finds them closed.
+IDLE_SESSION_TIMEOUT_S = 60.0
+STATEMENT_CACHE_SIZE = 100  # prepared statements asyncpg keeps per connection (its default)
 
 
 class Database:
@@ -112,10 +117,12 @@ class Database:
     async def _connector_of(self) -> Callable[[], Awaitable[asyncpg.Connection]]:
         """How to open one connection: through the Cloud SQL connector, or to DATABASE_URL."""
         settings = self._settings
-        server_settings = {
-            "statement_timeout": str(settings.db_statement_timeout_ms),  # no runaway query holds a connection
-            "application_name": settings.service_name,  # names our sessions in pg_stat_activity
-        }
+        server_settings = {"application_name": settings.service_name}  # names our sessions in pg_stat_activity
+        if not settings.db_transaction_pooling:  # a pooler refuses other startup parameters
+            server_settings |= {
+                "statement_timeout": str(settings.db_statement_timeout_ms),  # no runaway query holds a connection
+                "idle_session_timeout": str(int(1000 * max(IDLE_SESSION_TIMEOUT_S, 2 * settings.db_pool_idle_s))),
+            }
         connect: Callable[[], Awaitable[asyncpg.Connection]]
         if self._cloud_sql is not None:
             self._connector = self._connector or await self._cloud_sql.open_connector(settings)
@@ -125,8 +132,14 @@ class Database:
             dsn = make_url(settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
             connect_timeout = min(settings.db_pool_timeout_s, 10)
 
+            # Through a transaction pooler, one transaction and the next may run on different server
+            # connections: asyncpg must keep no prepared statement between them (0 = no cache).
+            cache_size = 0 if settings.db_transaction_pooling else STATEMENT_CACHE_SIZE
+
             async def connect() -> asyncpg.Connection:
-                return await asyncpg.connect(dsn, server_settings=server_settings, timeout=connect_timeout)
+                return await asyncpg.connect(
+                    dsn, server_settings=server_settings, timeout=connect_timeout, statement_cache_size=cache_size
+                )
 
         return _with_retries(connect)
 

@@ -11,7 +11,8 @@ Why not SQLAlchemy's QueuePool or asyncpg's Pool, measured on this service under
 
 This pool opens at most `max_size` connections, on demand; hands a released one to the longest
 waiter; reuses the most recently released first, so spare ones sit idle and are closed after
-`idle_s` (down to `min_idle`); and when the server is full, waits for one of its own instead.
+`idle_s` (down to `min_idle`); and when the server is full, waits for one of its own instead, or,
+holding none, tries the server again after a backoff until the pool timeout.
 """
 
 import asyncio
@@ -50,6 +51,7 @@ class Pool:
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
         self._opening = 0
         self._refused_until = 0.0
+        self._refusal: asyncpg.TooManyConnectionsError | None = None  # the server's last "too many"
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -71,14 +73,26 @@ class Pool:
                 opened = await self._open()
                 if opened is not None:
                     return opened
-            handed = await self._wait(deadline)
-            if handed is not None:
-                return handed
+            if self.size:  # one of ours will come back, or is being opened
+                handed = await self._wait(deadline)
+                if handed is not None:
+                    return handed
+            else:  # refused, holding none: ask the server again once the backoff is over
+                await self._sleep_until_retry(deadline)
 
     def release(self, connection: asyncpg.Connection, *, discard: bool = False) -> None:
-        """Give a connection back: to the longest waiter, else to the idle stack; `discard` closes it."""
-        too_old = time.monotonic() - self._born.get(connection, 0) > self._recycle_s
-        if discard or too_old or self._closed or connection.is_closed() or connection.is_in_transaction():
+        """Give a connection back: to the longest waiter, else to the idle stack; `discard` closes it.
+
+        A spare one (beyond `min_idle`) that nobody waits for is closed once it has been open for
+        `idle_s`: it is lent, not kept, so a slot the load here can spare goes back to the server
+        for another instance, at a cost of at most one new connection per spare per `idle_s`."""
+        age = time.monotonic() - self._born.get(connection, 0)
+        spare = len(self._born) > self._min_idle and age > self._idle_s and not self._waiting()
+        unusable = self._closed or connection.is_closed() or connection.is_in_transaction()
+        if spare and len(self._born) > 1:  # keeping others: open no new one for a moment, so that
+            # an instance the server refused may take the slot
+            self._refused_until = max(self._refused_until, time.monotonic() + REFUSED_BACKOFF_S)
+        if discard or spare or age > self._recycle_s or unusable:
             self._close(connection)
             self._hand_over(None)  # a waiter may open a new one in its place
         elif not self._hand_over(connection):
@@ -96,15 +110,23 @@ class Pool:
         self._opening += 1
         try:
             connection = await self._connect()
-        except asyncpg.TooManyConnectionsError:
-            if not self._born:  # nothing of ours will come back: the caller answers 503
-                raise
+        except asyncpg.TooManyConnectionsError as refusal:
             self._refused_until = time.monotonic() + REFUSED_BACKOFF_S * random.uniform(0.5, 1.5)  # noqa: S311
+            self._refusal = refusal
+            if not self._born:  # those waiting behind this attempt have nothing to wait for: wake them
+                while self._hand_over(None):
+                    pass
             return None
         finally:
             self._opening -= 1
         self._born[connection] = time.monotonic()
         return connection
+
+    async def _sleep_until_retry(self, deadline: float) -> None:
+        """Sleep out the refusal backoff; at the deadline, the server's refusal is the answer."""
+        await asyncio.sleep(max(0.0, min(self._refused_until, deadline) - time.monotonic()))
+        if time.monotonic() >= deadline:
+            raise self._refusal or PoolTimeout(f"no database connection in {self._timeout_s:g} s")
 
     async def _wait(self, deadline: float) -> asyncpg.Connection | None:
         """The next released connection, or None when a slot frees up; PoolTimeout at the deadline."""
@@ -126,6 +148,9 @@ class Pool:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+
+    def _waiting(self) -> bool:
+        return any(not waiter.done() for waiter in self._waiters)
 
     def _hand_over(self, connection: asyncpg.Connection | None) -> bool:
         while self._waiters:

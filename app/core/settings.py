@@ -31,9 +31,10 @@ class Settings(BaseSettings):
     cloud_sql_admin_endpoint: str | None = None
     db_pool_size: int = Field(default=5, ge=0, le=100)
     db_max_overflow: int = Field(default=2, ge=0, le=100)
-    db_pool_idle_s: float = Field(default=30, ge=0, le=3600)
+    db_pool_idle_s: float = Field(default=10, ge=0, le=3600)
     db_pool_timeout_s: float = Field(default=10, gt=0, le=300)
     db_statement_timeout_ms: int = Field(default=5000, ge=0)
+    db_transaction_pooling: bool = False  # DATABASE_URL is a pooler in transaction mode (PgBouncer)
 
     auth_mode: Literal["none", "google", "oidc"] = "none"
     auth_audience: str | None = None
@@ -78,6 +79,16 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL or INSTANCE_CONNECTION_NAME: one must be set")
         if self.instance_connection_name and not self.db_iam_user:
             raise ValueError("DB_IAM_USER: required with INSTANCE_CONNECTION_NAME")
+        if self.db_transaction_pooling and self.instance_connection_name:
+            raise ValueError(
+                "DB_TRANSACTION_POOLING: needs DATABASE_URL, the pooler's address"
+                " (the Cloud SQL Python Connector connects to the instance itself)"
+            )
+        if self.db_transaction_pooling and "db_statement_timeout_ms" in self.model_fields_set:
+            raise ValueError(
+                "DB_STATEMENT_TIMEOUT_MS: a transaction pooler refuses session settings;"
+                " set statement_timeout on the database role instead (ALTER ROLE ... SET statement_timeout)"
+            )
         if self.db_pool_size + self.db_max_overflow < 1:
             raise ValueError("DB_POOL_SIZE + DB_MAX_OVERFLOW: must allow at least one connection")
         if self.auth_mode != "none" and not self.auth_audience:
