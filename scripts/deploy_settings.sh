@@ -1,6 +1,7 @@
-# Settings and helpers shared by scripts/bootstrap.sh, scripts/grant_roles.sh and
-# scripts/teardown.sh, which source this file first. Each setting is an environment variable; its
-# default follows the colon. load_settings reads them, once the arguments are checked.
+# Settings and helpers shared by the scripts that act on Google Cloud (bootstrap.sh, grant_roles.sh,
+# rollback.sh, teardown.sh), which source this file first. Each setting is an
+# environment variable; its default follows the colon. load_settings reads them, once the
+# arguments are checked.
 #   PROJECT      project id: gcloud config get-value project
 #   REGION       region of the instance, the function and the build: europe-west1
 #   INSTANCE     Cloud SQL instance: projects-db

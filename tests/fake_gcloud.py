@@ -1,9 +1,10 @@
 """A stand-in for the `gcloud` commands this repository runs, which enforces IAM as Google does.
 
 State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
-(each with its own policy), Cloud SQL instances (flags, databases, users), functions and enabled
-services. The caller is FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as
-`gcloud config get-value account` or Cloud Build's metadata server would make it.
+(each with its own policy), Cloud SQL instances (flags, databases, users), functions (each with its
+Cloud Run revisions and traffic) and enabled services. The caller is FAKE_GCLOUD_ACCOUNT
+(`user:...` or `serviceAccount:...`), as `gcloud config get-value account` or Cloud Build's
+metadata server would make it.
 
 Before doing anything a command checks the permissions docs/permissions.md lists for it against
 the caller's roles (tests/iam_model.py), and fails as gcloud does, with PERMISSION_DENIED and exit
@@ -16,7 +17,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from subprocess import CompletedProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import iam_model
@@ -94,6 +98,8 @@ class Gcloud:
             return {"MIGRATOR_SA": self.account.removeprefix("serviceAccount:")}
         if path[:2] == ["iam", "service-accounts"] and arguments:
             return {"RUNTIME_SA": arguments[0], "MIGRATOR_SA": arguments[0]}
+        if path == ["run", "services", "update-traffic"] and arguments[0] in self.state["functions"]:
+            return {"RUNTIME_SA": self.state["functions"][arguments[0]]["service_account"]}
         return {}
 
     def _config_get_value(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -223,12 +229,48 @@ class Gcloud:
     def _functions_deploy(self, arguments: list[str], flags: dict[str, str]) -> str:
         assert "gen2" in flags, "a 2nd gen function needs --gen2"
         function = self.state["functions"].setdefault(arguments[0], {"policy": {}})
+        revisions = function.setdefault("revisions", [])
+        revisions.append(f"{arguments[0]}-{len(revisions) + 1:05d}-x")
         function |= {
             "region": flags["region"],
             "service_account": flags["service-account"],
             "uri": self.state.get("function_uri", f"https://{arguments[0]}-fake.a.run.app"),
+            # The Cloud Functions API deploys with allTrafficOnLatestRevision: the new revision takes it all.
+            "traffic": {revisions[-1]: 100},
         }
         return ""
+
+    # ---- the function's Cloud Run service ------------------------------------------------------
+    def _run_revisions_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("sort-by") == "~metadata.creationTimestamp", flags
+        assert flags.get("format") == "value(metadata.name)", flags
+        function = self._service(flags["service"], flags)
+        return "\n".join(reversed(function.get("revisions", [])))
+
+    def _run_services_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        function = self._service(arguments[0], flags)
+        assert flags.get("flatten") == "status.traffic[]", flags
+        assert flags.get("format") == "value(status.traffic.revisionName,status.traffic.percent)", flags
+        return "\n".join(f"{revision}\t{percent}" for revision, percent in function["traffic"].items())
+
+    def _run_services_update_traffic(self, arguments: list[str], flags: dict[str, str]) -> str:
+        function = self._service(arguments[0], flags)
+        if "to-latest" in flags:
+            function["traffic"] = {function["revisions"][-1]: 100}
+            return ""
+        targets = dict(item.split("=", 1) for item in flags["to-revisions"].split(","))
+        unknown = set(targets) - set(function["revisions"])
+        if unknown:
+            raise Refused(f"NOT_FOUND: revision {sorted(unknown)} of service {arguments[0]}")
+        function["traffic"] = {revision: int(percent) for revision, percent in targets.items()}
+        return ""
+
+    def _service(self, name: str, flags: dict[str, str]) -> dict[str, Any]:
+        function = self.state["functions"].get(name)
+        if function is None or function.get("region") != flags.get("region"):
+            raise Refused(f"NOT_FOUND: Service [{name}] could not be found in {flags.get('region')}")
+        found: dict[str, Any] = function
+        return found
 
     def _functions_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         function = self._function(arguments[0], flags)
@@ -318,3 +360,62 @@ def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) 
         }
         | settings
     )
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+OWNER = "user:owner@example.com"
+
+
+class Project:
+    """A project's state file and the stand-in gcloud, for running scripts/ against it, by default
+    as its Owner."""
+
+    def __init__(self, folder: Path, state: dict[str, Any] | None = None, owner: str = OWNER) -> None:
+        self.owner = owner
+        self.state_file = folder / "state.json"
+        self.state_file.write_text(json.dumps(state or new_state("demo-project", owner)))
+        self.bin_dir = install(folder)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.state_file.read_text())
+        return loaded
+
+    def update(self, **changes: Any) -> None:
+        self.state_file.write_text(json.dumps(self.state | changes))
+
+    def grant(self, member: str, *roles: str) -> None:
+        """Project roles for `member`, as a project's IAM admin would grant them."""
+        state = self.state
+        for role in roles:
+            state["project_policy"].setdefault(role, []).append(member)
+        self.state_file.write_text(json.dumps(state))
+
+    def run(self, script: str, *args: str, account: str | None = None, **settings: str) -> "CompletedProcess[str]":
+        import shutil
+        import subprocess
+
+        bash = shutil.which("bash")
+        assert bash, "bash is not installed"
+        return subprocess.run(
+            [bash, str(SCRIPTS / script), *args],
+            env=environment(self.bin_dir, self.state_file, account or self.owner, **settings),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def gcloud(self, *args: str, account: str | None = None) -> "CompletedProcess[str]":
+        """One command of the stand-in, as a script would run it."""
+        import subprocess
+
+        return subprocess.run(
+            ["gcloud", *args],
+            env=environment(self.bin_dir, self.state_file, account or self.owner),
+            capture_output=True,
+            text=True,
+        )
+
+    def calls(self, since: int = 0) -> list[list[str]]:
+        return [call["args"] for call in self.state["calls"][since:]]

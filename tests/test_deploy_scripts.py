@@ -16,43 +16,14 @@ from typing import Any
 import pytest
 
 from tests import fake_gcloud
+from tests.fake_gcloud import Project
 from tests.helpers import ROOT
 
 SCRIPTS = ROOT / "scripts"
 PROJECT = "demo-project"
-OWNER = "user:owner@example.com"
+OWNER = fake_gcloud.OWNER
 MIGRATOR_SA = f"migrator@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME_SA = f"projects-api@{PROJECT}.iam.gserviceaccount.com"
-
-
-class Project:
-    """A project's state file and the stand-in gcloud, for running the scripts as its Owner."""
-
-    def __init__(self, folder: Path, state: dict[str, Any] | None = None) -> None:
-        self.state_file = folder / "state.json"
-        self.state_file.write_text(json.dumps(state or fake_gcloud.new_state(PROJECT, OWNER)))
-        self.bin_dir = fake_gcloud.install(folder)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.state_file.read_text())
-        return loaded
-
-    def update(self, **changes: Any) -> None:
-        self.state_file.write_text(json.dumps(self.state | changes))
-
-    def run(self, script: str, *args: str, account: str = OWNER) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [bash(), str(SCRIPTS / script), *args],
-            env=fake_gcloud.environment(self.bin_dir, self.state_file, account),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    def calls(self, since: int = 0) -> list[list[str]]:
-        return [call["args"] for call in self.state["calls"][since:]]
 
 
 def bash() -> str:
@@ -87,13 +58,16 @@ def creations(calls: list[list[str]]) -> list[list[str]]:
     return [args for args in calls if {"create", "patch", "add-iam-policy-binding", "delete", "enable"} & set(args)]
 
 
-@pytest.mark.parametrize("script", ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "deploy_settings.sh"])
+SCRIPT_NAMES = ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "rollback.sh"]
+
+
+@pytest.mark.parametrize("script", [*SCRIPT_NAMES, "deploy_settings.sh"])
 def test_the_scripts_pass_bash_n(script: str) -> None:
     result = subprocess.run([bash(), "-n", str(SCRIPTS / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("script", ["bootstrap.sh", "grant_roles.sh", "teardown.sh"])
+@pytest.mark.parametrize("script", SCRIPT_NAMES)
 def test_help_and_a_wrong_argument_call_no_gcloud(project: Project, script: str) -> None:
     helped = project.run(script, "--help")
     assert helped.returncode == 0, helped.stderr
