@@ -10,7 +10,8 @@ Usage: scripts/bootstrap.sh [--help]
 Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.yaml):
   - enables the APIs the build, the function and Cloud SQL use;
   - creates the Cloud SQL for PostgreSQL instance with cloudsql.iam_authentication=on (or turns the
-    flag on for an existing instance, keeping its other flags) and the database;
+    flag on for an existing instance, keeping its other flags), daily backups, point-in-time
+    recovery and deletion protection, and the database;
   - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
     Build runs as it), grants them their roles, and creates their IAM database users;
   - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
@@ -25,10 +26,12 @@ EOF
   DB_TIER      machine type of a new instance: db-custom-1-3840
   SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
                gcloud config get-value account
+  BACKUP_START_TIME  start of the daily backup window, HH:MM in UTC: 03:00
 
 db-custom-1-3840 (Enterprise edition) allows 100 connections: room for the build's default
 --max-instances=10 times the 7 pooled connections of each instance, plus the migrator.
 If creating the instance outlasts gcloud's wait, let the operation finish and run this again.
+Backups are kept 8 days, transaction logs for point-in-time recovery 7 (docs/operations.md).
 
 Example:
   PROJECT=my-project REGION=europe-west1 INSTANCE=projects-db scripts/bootstrap.sh
@@ -56,6 +59,8 @@ load_settings
 DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
+BACKUP_START_TIME="${BACKUP_START_TIME:-03:00}"
+[[ "$BACKUP_START_TIME" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] || die "BACKUP_START_TIME=$BACKUP_START_TIME: expected HH:MM (UTC)"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME"
 echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
@@ -162,11 +167,26 @@ if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&
     # ^|^ makes | the list separator, so a flag value may contain commas.
     gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --database-flags="^|^${joined}" --quiet
   fi
+  # Data protection, patched only when something is missing (this patch keeps the flags).
+  IFS=$'\t' read -r backups pitr protected < <(gcloud sql instances describe "$INSTANCE" --project="$PROJECT" \
+    --format='value(settings.backupConfiguration.enabled,settings.backupConfiguration.pointInTimeRecoveryEnabled,settings.deletionProtectionEnabled)')
+  if [ "$backups" = True ] && [ "$pitr" = True ] && [ "$protected" = True ]; then
+    echo "    backups, point-in-time recovery and deletion protection are on"
+  else
+    gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --backup-start-time="$BACKUP_START_TIME" \
+      --retained-backups-count=8 --enable-point-in-time-recovery --retained-transaction-log-days=7 \
+      --deletion-protection --quiet
+  fi
 else
   echo "    creating (this takes several minutes)"
+  # Daily backups kept 8 days, and 7 days of transaction logs for point-in-time recovery (one
+  # backup more than the days of logs, as Google advises); deletion protection refuses a delete
+  # until it is turned off (scripts/teardown.sh asks first).
   gcloud sql instances create "$INSTANCE" --project="$PROJECT" --region="$REGION" \
     --database-version="$DB_VERSION" --edition=enterprise --tier="$DB_TIER" \
-    --assign-ip --database-flags=cloudsql.iam_authentication=on
+    --assign-ip --database-flags=cloudsql.iam_authentication=on \
+    --backup-start-time="$BACKUP_START_TIME" --retained-backups-count=8 \
+    --enable-point-in-time-recovery --retained-transaction-log-days=7 --deletion-protection
 fi
 
 step "Database $DB_NAME"

@@ -8,9 +8,10 @@ Usage: scripts/teardown.sh [--yes] [--help]
 
 Deletes, in this order, whatever of it still exists:
   - the function FUNCTION in REGION (the build deployed it);
-  - the Cloud SQL instance INSTANCE, with every database and all data on it, after you type the
-    instance's name to confirm (--yes: without asking). Without a terminal and without --yes the
-    instance is kept, and so are its databases and database users;
+  - the Cloud SQL instance INSTANCE, with every database, all data and its backups, after you type
+    the instance's name to confirm (--yes: without asking); only then is its deletion protection
+    turned off. Without a terminal and without --yes the instance is kept, protected, and so are
+    its databases and database users;
   - every project role of RUNTIME_SA and MIGRATOR_SA, then the two service accounts (the grants
     made on them go with them).
 It keeps the enabled APIs (other resources of the project may use them), and it lists at the end
@@ -63,6 +64,12 @@ confirm_instance() {
 step "Cloud SQL instance $INSTANCE"
 if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&1; then
   if confirm_instance; then
+    protected="$(gcloud sql instances describe "$INSTANCE" --project="$PROJECT" \
+      --format='value(settings.deletionProtectionEnabled)')"
+    if [ "$protected" = True ]; then
+      echo "    turning deletion protection off"
+      gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --no-deletion-protection --quiet
+    fi
     gcloud sql instances delete "$INSTANCE" --project="$PROJECT" --quiet
   else
     echo "    its IAM database users $MIGRATOR_DB_USER and $RUNTIME_DB_USER stay; once the service"

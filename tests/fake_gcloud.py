@@ -1,10 +1,10 @@
 """A stand-in for the `gcloud` commands this repository runs, which enforces IAM as Google does.
 
 State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
-(each with its own policy), Cloud SQL instances (flags, databases, users), functions (each with its
-Cloud Run revisions and traffic) and enabled services. The caller is FAKE_GCLOUD_ACCOUNT
-(`user:...` or `serviceAccount:...`), as `gcloud config get-value account` or Cloud Build's
-metadata server would make it.
+(each with its own policy), Cloud SQL instances (flags, backups, deletion protection, databases,
+users), functions (each with its Cloud Run revisions and traffic) and enabled services. The caller
+is FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as `gcloud config get-value account`
+or Cloud Build's metadata server would make it.
 
 Before doing anything a command checks the permissions docs/permissions.md lists for it against
 the caller's roles (tests/iam_model.py), and fails as gcloud does, with PERMISSION_DENIED and exit
@@ -167,29 +167,59 @@ class Gcloud:
 
     def _sql_instances_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         instance = self._instance(arguments[0])
-        if flags.get("format", "").startswith("value[separator"):
+        fields = {
+            "settings.backupConfiguration.enabled": str(instance.get("backups", False)),
+            "settings.backupConfiguration.pointInTimeRecoveryEnabled": str(instance.get("pitr", False)),
+            "settings.deletionProtectionEnabled": str(instance.get("deletion_protection", False)),
+        }
+        requested = flags.get("format", "")
+        if requested.startswith("value[separator"):
             return "\n".join(f"{name}={value}" for name, value in instance["flags"].items())
+        if requested.startswith("value(") and requested.endswith(")"):
+            return "\t".join(fields[field] for field in requested[len("value(") : -1].split(","))
+        assert not requested, f"the stand-in knows no --format={requested}"
         return f"name: {arguments[0]}"
 
     def _sql_instances_create(self, arguments: list[str], flags: dict[str, str]) -> str:
         if arguments[0] in self.state["instances"]:
             raise Refused(f"the instance {arguments[0]} already exists")
         database_flags = dict(flag.split("=", 1) for flag in flags["database-flags"].split(","))
-        self.state["instances"][arguments[0]] = {"flags": database_flags, "databases": ["postgres"], "users": []}
-        self.state["instances"][arguments[0]]["users"].append("postgres")
+        instance = {"flags": database_flags, "databases": ["postgres"], "users": ["postgres"]}
+        self.state["instances"][arguments[0]] = instance
+        self._protect(instance, flags)
         return ""
 
     def _sql_instances_patch(self, arguments: list[str], flags: dict[str, str]) -> str:
-        value = flags["database-flags"]
-        separator = ","
-        if value.startswith("^"):
-            separator, value = value[1], value[3:]
-        # --database-flags replaces every flag, as on Google Cloud.
-        self._instance(arguments[0])["flags"] = dict(flag.split("=", 1) for flag in value.split(separator))
+        instance = self._instance(arguments[0])
+        if "database-flags" in flags:
+            value = flags["database-flags"]
+            separator = ","
+            if value.startswith("^"):
+                separator, value = value[1], value[3:]
+            # --database-flags replaces every flag, as on Google Cloud.
+            instance["flags"] = dict(flag.split("=", 1) for flag in value.split(separator))
+        self._protect(instance, flags)
+        if "no-deletion-protection" in flags:
+            instance["deletion_protection"] = False
         return ""
 
+    def _protect(self, instance: dict[str, Any], flags: dict[str, str]) -> None:
+        """--backup-start-time, --enable-point-in-time-recovery, --deletion-protection, as Cloud SQL
+        takes them: point-in-time recovery needs backups, and Enterprise keeps 1 to 7 days of logs."""
+        if "backup-start-time" in flags:
+            instance["backups"] = True
+        if "enable-point-in-time-recovery" in flags:
+            if not instance.get("backups"):
+                raise Refused("INVALID_ARGUMENT: point-in-time recovery requires automated backups")
+            instance["pitr"] = True
+        if "retained-transaction-log-days" in flags and not 1 <= int(flags["retained-transaction-log-days"]) <= 7:
+            raise Refused("INVALID_ARGUMENT: Enterprise edition keeps 1 to 7 days of transaction logs")
+        if "deletion-protection" in flags:
+            instance["deletion_protection"] = True
+
     def _sql_instances_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
-        self._instance(arguments[0])
+        if self._instance(arguments[0]).get("deletion_protection"):
+            raise Refused(f"FAILED_PRECONDITION: the instance {arguments[0]} has deletion protection enabled")
         del self.state["instances"][arguments[0]]
         return ""
 
@@ -345,7 +375,10 @@ def install(folder: Path) -> Path:
 
 def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) -> dict[str, str]:
     """The environment a script runs in: the stand-in first on PATH, none of the real gcloud's settings."""
-    settings_names = {"PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"}
+    settings_names = {
+        *("PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"),
+        "BACKUP_START_TIME",
+    }
     kept = {
         key: value
         for key, value in os.environ.items()

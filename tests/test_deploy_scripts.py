@@ -1,6 +1,8 @@
 """scripts/bootstrap.sh and scripts/teardown.sh against the stand-in gcloud (tests/fake_gcloud.py),
 which keeps a project's state and refuses what IAM would refuse: both are safe to run twice,
-bootstrap keeps an instance's other database flags, teardown asks before deleting the instance.
+bootstrap keeps an instance's other database flags and protects its data (backups, point-in-time
+recovery, deletion protection), teardown asks before deleting the instance and only then lifts the
+protection.
 """
 
 import json
@@ -82,6 +84,7 @@ def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrap
     assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA}
     (instance,) = state["instances"].values()
     assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
+    assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
     assert "app" in instance["databases"]
     assert {f"migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
     assert {"sqladmin.googleapis.com", "iamcredentials.googleapis.com"} <= set(state["services"])
@@ -103,14 +106,27 @@ def test_bootstrap_turns_the_flag_on_and_keeps_an_instances_other_flags(project:
     project.update(instances={"projects-db": instance})
     result = project.run("bootstrap.sh")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert project.state["instances"]["projects-db"]["flags"] == flags | {"cloudsql.iam_authentication": "on"}
+    instance = project.state["instances"]["projects-db"]
+    assert instance["flags"] == flags | {"cloudsql.iam_authentication": "on"}
+    assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
+
+
+def test_a_wrong_backup_time_stops_bootstrap_before_any_change(project: Project) -> None:
+    result = project.run("bootstrap.sh", BACKUP_START_TIME="25:00")
+    assert result.returncode == 1
+    assert "BACKUP_START_TIME" in result.stderr
+    assert creations(project.calls()) == []
 
 
 def test_teardown_deletes_everything_bootstrap_made_and_a_second_run_finds_nothing(bootstrapped: Project) -> None:
+    started = len(bootstrapped.state["calls"])
     result = bootstrapped.run("teardown.sh", "--yes")
     assert result.returncode == 0, result.stdout + result.stderr
     state = bootstrapped.state
     assert state["functions"] == {} and state["instances"] == {} and state["service_accounts"] == {}
+    calls = bootstrapped.calls(started)
+    sql_calls = [args[2] for args in calls if args[:2] == ["sql", "instances"] and args[2] != "describe"]
+    assert sql_calls == ["patch", "delete"], "deletion protection is lifted just before the delete"
     members = {member for members in state["project_policy"].values() for member in members}
     assert members == {OWNER}, members  # no binding of the service accounts is left, deleted or not
     before = len(state["calls"])
@@ -127,6 +143,11 @@ def test_teardown_without_a_terminal_keeps_the_instance_unless_told_yes(bootstra
     state = bootstrapped.state
     assert set(state["instances"]) == {"projects-db"}
     assert state["functions"] == {} and state["service_accounts"] == {}
+    # Still protected: a delete is refused (the stand-in refuses it as Cloud SQL does).
+    assert state["instances"]["projects-db"]["deletion_protection"]
+    assert not any("--no-deletion-protection" in args for args in bootstrapped.calls())
+    refused = bootstrapped.gcloud("sql", "instances", "delete", "projects-db", f"--project={PROJECT}", "--quiet")
+    assert refused.returncode == 1 and "deletion protection" in refused.stderr
 
 
 def test_teardown_removes_the_bindings_a_deleted_service_account_left(bootstrapped: Project) -> None:
