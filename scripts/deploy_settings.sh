@@ -9,6 +9,10 @@
 #   FUNCTION     the function: projects-api
 #   RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
 #   MIGRATOR_SA  the build's service account (migrations, deploy): migrator@PROJECT.iam.gserviceaccount.com
+#   DB_IP_TYPE   how the function reaches the instance: public (its public IP, through the connector)
+#                or private (a private IP in NETWORK; docs/operations.md, "Keep the database private"): public
+#   NETWORK      the VPC network of the private path: default
+#   SUBNET       the subnet in REGION that the function's Direct VPC egress uses: NETWORK
 
 die() {
   echo "$(basename "$0"): $*" >&2
@@ -55,6 +59,13 @@ load_settings() {
   FUNCTION="${FUNCTION:-projects-api}"
   RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
   MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
+  DB_IP_TYPE="${DB_IP_TYPE:-public}"
+  NETWORK="${NETWORK:-default}"
+  SUBNET="${SUBNET:-$NETWORK}"
+  case "$DB_IP_TYPE" in
+    public | private) ;;
+    *) die "DB_IP_TYPE=$DB_IP_TYPE: expected public or private" ;;
+  esac
 
   for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
     [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||

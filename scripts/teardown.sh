@@ -12,6 +12,7 @@ Deletes, in this order, whatever of it still exists:
     the instance's name to confirm (--yes: without asking); only then is its deletion protection
     turned off. Without a terminal and without --yes the instance is kept, protected, and so are
     its databases and database users;
+  - with DB_IP_TYPE=private, the Cloud Build private pool BUILD_POOL (default FUNCTION-builds);
   - every project role of RUNTIME_SA and MIGRATOR_SA, then the two service accounts (the grants
     made on them go with them).
 It keeps the enabled APIs (other resources of the project may use them), and it lists at the end
@@ -79,6 +80,16 @@ else
   echo "    not found"
 fi
 
+if [ "$DB_IP_TYPE" = private ]; then
+  BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
+  step "Cloud Build private pool $BUILD_POOL"
+  if gcloud builds worker-pools describe "$BUILD_POOL" --region="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
+    gcloud builds worker-pools delete "$BUILD_POOL" --region="$REGION" --project="$PROJECT" --quiet
+  else
+    echo "    not found"
+  fi
+fi
+
 step "Service accounts and their project roles"
 # A deleted service account's bindings stay in the policy as deleted:serviceAccount:EMAIL?uid=...;
 # those are removed too, so a second run cleans up after an interrupted first one.
@@ -105,6 +116,9 @@ cat <<EOF
 
 Done. Left in the project, if you want them gone too:
   - the APIs bootstrap enabled: gcloud services disable ... (other resources may use them);
+  - with the private path, the peering and address range of ${NETWORK} (Google's other services may
+    use them): gcloud services vpc-peerings delete --network=${NETWORK} --project=${PROJECT}, then
+    gcloud compute addresses delete google-managed-services-${NETWORK} --global --project=${PROJECT};
   - the builds' sources: gcloud storage buckets list --project=${PROJECT} (${PROJECT}_cloudbuild,
     and gcf-v2-sources-* and gcf-v2-uploads-* for the function), then gcloud storage rm -r gs://BUCKET;
   - the function's images, in the gcf-artifacts repository of ${REGION}:

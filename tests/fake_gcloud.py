@@ -1,10 +1,11 @@
 """A stand-in for the `gcloud` commands this repository runs, which enforces IAM as Google does.
 
 State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
-(each with its own policy), Cloud SQL instances (flags, backups, deletion protection, databases,
-users), functions (each with its Cloud Run revisions and traffic) and enabled services. The caller
-is FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as `gcloud config get-value account`
-or Cloud Build's metadata server would make it.
+(each with its own policy), Cloud SQL instances (flags, backups, deletion protection, networks,
+databases, users), functions (each with its Cloud Run revisions and traffic), enabled services,
+and the private path's address ranges, peerings and build pools. The caller is
+FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as `gcloud config get-value account` or
+Cloud Build's metadata server would make it.
 
 Before doing anything a command checks the permissions docs/permissions.md lists for it against
 the caller's roles (tests/iam_model.py), and fails as gcloud does, with PERMISSION_DENIED and exit
@@ -171,6 +172,7 @@ class Gcloud:
             "settings.backupConfiguration.enabled": str(instance.get("backups", False)),
             "settings.backupConfiguration.pointInTimeRecoveryEnabled": str(instance.get("pitr", False)),
             "settings.deletionProtectionEnabled": str(instance.get("deletion_protection", False)),
+            "settings.ipConfiguration.privateNetwork": instance.get("private_network", ""),
         }
         requested = flags.get("format", "")
         if requested.startswith("value[separator"):
@@ -187,6 +189,9 @@ class Gcloud:
         instance = {"flags": database_flags, "databases": ["postgres"], "users": ["postgres"]}
         self.state["instances"][arguments[0]] = instance
         self._protect(instance, flags)
+        if "network" in flags:
+            self._private_ip(instance, flags["network"])
+        instance["public_ip"] = "assign-ip" in flags
         return ""
 
     def _sql_instances_patch(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -201,6 +206,12 @@ class Gcloud:
         self._protect(instance, flags)
         if "no-deletion-protection" in flags:
             instance["deletion_protection"] = False
+        if "network" in flags:
+            self._private_ip(instance, flags["network"])
+        if "no-assign-ip" in flags:
+            if not instance.get("private_network"):
+                raise Refused("INVALID_ARGUMENT: an instance needs a public or a private IP")
+            instance["public_ip"] = False
         return ""
 
     def _protect(self, instance: dict[str, Any], flags: dict[str, str]) -> None:
@@ -216,6 +227,13 @@ class Gcloud:
             raise Refused("INVALID_ARGUMENT: Enterprise edition keeps 1 to 7 days of transaction logs")
         if "deletion-protection" in flags:
             instance["deletion_protection"] = True
+
+    def _private_ip(self, instance: dict[str, Any], network: str) -> None:
+        """A private IP needs Private Service Access on the network (a range and the peering)."""
+        name = network.rsplit("/", 1)[-1]
+        if name not in self.state.setdefault("peerings", {}):
+            raise Refused(f"FAILED_PRECONDITION: no private services connection on network {name}")
+        instance["private_network"] = network
 
     def _sql_instances_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
         if self._instance(arguments[0]).get("deletion_protection"):
@@ -259,12 +277,18 @@ class Gcloud:
     def _functions_deploy(self, arguments: list[str], flags: dict[str, str]) -> str:
         assert "gen2" in flags, "a 2nd gen function needs --gen2"
         function = self.state["functions"].setdefault(arguments[0], {"policy": {}})
+        network = {name: flags[name] for name in ("network", "subnet", "direct-vpc-egress") if name in flags}
+        assert not network or len(network) == 3, (
+            f"Direct VPC egress takes a network, a subnet and the egress: {network}"
+        )
         revisions = function.setdefault("revisions", [])
         revisions.append(f"{arguments[0]}-{len(revisions) + 1:05d}-x")
         function |= {
             "region": flags["region"],
             "service_account": flags["service-account"],
             "uri": self.state.get("function_uri", f"https://{arguments[0]}-fake.a.run.app"),
+            "environment": dict(item.split("=", 1) for item in flags["set-env-vars"].split(",")),
+            "network": network,
             # The Cloud Functions API deploys with allTrafficOnLatestRevision: the new revision takes it all.
             "traffic": {revisions[-1]: 100},
         }
@@ -301,6 +325,53 @@ class Gcloud:
             raise Refused(f"NOT_FOUND: Service [{name}] could not be found in {flags.get('region')}")
         found: dict[str, Any] = function
         return found
+
+    # ---- the private path ----------------------------------------------------------------------
+    def _compute_addresses_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "global" in flags, "a Private Service Access range is a global address"
+        if arguments[0] not in self.state.setdefault("addresses", {}):
+            raise Refused(f"NOT_FOUND: The resource 'global/addresses/{arguments[0]}' was not found")
+        return f"name: {arguments[0]}"
+
+    def _compute_addresses_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "global" in flags and flags.get("purpose") == "VPC_PEERING", flags
+        addresses = self.state.setdefault("addresses", {})
+        if arguments[0] in addresses:
+            raise Refused(f"ALREADY_EXISTS: The resource {arguments[0]} already exists")
+        addresses[arguments[0]] = {"network": flags["network"], "prefix_length": int(flags["prefix-length"])}
+        return ""
+
+    def _services_vpc_peerings_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(service)", flags
+        peering = self.state.setdefault("peerings", {}).get(flags["network"])
+        return "servicenetworking.googleapis.com" if peering else ""
+
+    def _services_vpc_peerings_connect(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("service") == "servicenetworking.googleapis.com", flags
+        ranges = flags["ranges"].split(",")
+        for name in ranges:
+            address = self.state.setdefault("addresses", {}).get(name)
+            if address is None or address["network"] != flags["network"]:
+                raise Refused(f"FAILED_PRECONDITION: no allocated range {name} on network {flags['network']}")
+        self.state.setdefault("peerings", {})[flags["network"]] = ranges
+        return ""
+
+    def _builds_worker_pools_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("worker_pools", {}):
+            raise Refused(f"NOT_FOUND: worker pool {arguments[0]}")
+        return f"name: {arguments[0]}"
+
+    def _builds_worker_pools_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        network = flags["peered-network"].rsplit("/", 1)[-1]
+        if network not in self.state.setdefault("peerings", {}):
+            raise Refused(f"FAILED_PRECONDITION: network {network} has no private services connection")
+        self.state.setdefault("worker_pools", {})[arguments[0]] = {"region": flags["region"], "network": network}
+        return ""
+
+    def _builds_worker_pools_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self.state.setdefault("worker_pools", {}).pop(arguments[0], None) is None:
+            raise Refused(f"NOT_FOUND: worker pool {arguments[0]}")
+        return ""
 
     def _functions_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         function = self._function(arguments[0], flags)
@@ -377,7 +448,7 @@ def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) 
     """The environment a script runs in: the stand-in first on PATH, none of the real gcloud's settings."""
     settings_names = {
         *("PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"),
-        "BACKUP_START_TIME",
+        *("DB_IP_TYPE", "NETWORK", "SUBNET", "BUILD_POOL", "BACKUP_START_TIME"),
     }
     kept = {
         key: value

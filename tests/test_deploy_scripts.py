@@ -1,13 +1,14 @@
 """scripts/bootstrap.sh and scripts/teardown.sh against the stand-in gcloud (tests/fake_gcloud.py),
 which keeps a project's state and refuses what IAM would refuse: both are safe to run twice,
 bootstrap keeps an instance's other database flags and protects its data (backups, point-in-time
-recovery, deletion protection), teardown asks before deleting the instance and only then lifts the
-protection.
+recovery, deletion protection), its private path is complete, teardown asks before deleting the
+instance and only then lifts the protection.
 """
 
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -85,9 +86,11 @@ def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrap
     (instance,) = state["instances"].values()
     assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
     assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
+    assert "private_network" not in instance and instance["public_ip"]
     assert "app" in instance["databases"]
     assert {f"migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
     assert {"sqladmin.googleapis.com", "iamcredentials.googleapis.com"} <= set(state["services"])
+    assert "compute.googleapis.com" not in state["services"], "the public path needs no Compute Engine API"
     before = len(state["calls"])
     again = bootstrapped.run("bootstrap.sh")
     assert again.returncode == 0, again.stderr
@@ -111,10 +114,51 @@ def test_bootstrap_turns_the_flag_on_and_keeps_an_instances_other_flags(project:
     assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
 
 
-def test_a_wrong_backup_time_stops_bootstrap_before_any_change(project: Project) -> None:
-    result = project.run("bootstrap.sh", BACKUP_START_TIME="25:00")
-    assert result.returncode == 1
-    assert "BACKUP_START_TIME" in result.stderr
+def test_the_private_path_bootstrap_builds_every_piece_and_a_second_run_changes_nothing(project: Project) -> None:
+    result = project.run("bootstrap.sh", DB_IP_TYPE="private", NETWORK="shared")
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = project.state
+    assert {"compute.googleapis.com", "servicenetworking.googleapis.com"} <= set(state["services"])
+    assert state["addresses"] == {"google-managed-services-shared": {"network": "shared", "prefix_length": 16}}
+    assert state["peerings"] == {"shared": ["google-managed-services-shared"]}
+    instance = state["instances"]["projects-db"]
+    assert instance["private_network"] == f"projects/{PROJECT}/global/networks/shared"
+    assert instance["public_ip"], "kept until the first build has passed: grant_roles.sh reaches it"
+    assert state["worker_pools"] == {"projects-api-builds": {"region": "europe-west1", "network": "shared"}}
+    submit = re.sub(r"\\\n\s*", " ", result.stdout)
+    assert (
+        f"--worker-pool=projects/{PROJECT}/locations/europe-west1/workerPools/projects-api-builds" in submit
+        and ",_DB_IP_TYPE=private,_NETWORK=shared,_SUBNET=shared" in submit
+    ), result.stdout
+    assert f"gcloud sql instances patch projects-db --project={PROJECT} --no-assign-ip" in result.stdout
+    before = len(state["calls"])
+    again = project.run("bootstrap.sh", DB_IP_TYPE="private", NETWORK="shared")
+    assert again.returncode == 0, again.stdout + again.stderr
+    changes = creations(project.calls(before))
+    assert all("add-iam-policy-binding" in args or "enable" in args for args in changes), changes
+    # the documented last step of the private path
+    closing = project.gcloud("sql", "instances", "patch", "projects-db", f"--project={PROJECT}", "--no-assign-ip")
+    assert closing.returncode == 0, closing.stderr
+    assert not project.state["instances"]["projects-db"]["public_ip"]
+    teardown = project.run("teardown.sh", "--yes", DB_IP_TYPE="private", NETWORK="shared")
+    assert teardown.returncode == 0, teardown.stdout + teardown.stderr
+    assert project.state["worker_pools"] == {} and project.state["instances"] == {}
+
+
+def test_the_private_path_adds_a_private_ip_to_an_existing_public_instance(bootstrapped: Project) -> None:
+    assert "private_network" not in bootstrapped.state["instances"]["projects-db"]
+    private = bootstrapped.run("bootstrap.sh", DB_IP_TYPE="private")
+    assert private.returncode == 0, private.stdout + private.stderr
+    instance = bootstrapped.state["instances"]["projects-db"]
+    assert instance["private_network"] == f"projects/{PROJECT}/global/networks/default"
+    assert instance["public_ip"]
+
+
+def test_a_wrong_ip_type_or_backup_time_stops_bootstrap_before_any_change(project: Project) -> None:
+    for settings in ({"DB_IP_TYPE": "internal"}, {"BACKUP_START_TIME": "25:00"}):
+        result = project.run("bootstrap.sh", **settings)
+        assert result.returncode == 1
+        assert next(iter(settings)) in result.stderr
     assert creations(project.calls()) == []
 
 
