@@ -8,7 +8,7 @@ usage() {
 Usage: scripts/bootstrap.sh [--help]
 
 Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.yaml):
-  - enables the APIs the build, the function and Cloud SQL use;
+  - enables the APIs the build, the function, Cloud SQL and the alerts use;
   - creates the Cloud SQL for PostgreSQL instance with cloudsql.iam_authentication=on (or turns the
     flag on for an existing instance, keeping its other flags), daily backups, point-in-time
     recovery and deletion protection, and the database;
@@ -16,6 +16,7 @@ Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.
     a Cloud Build private pool in NETWORK for the migrations (docs/operations.md);
   - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
     Build runs as it), grants them their roles, and creates their IAM database users;
+  - with ALERT_EMAIL set: the log-based metrics and alert policies (scripts/alerts.sh);
   - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
 Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
 accounts, and set IAM policies). It changes nothing that is already as it should be.
@@ -30,6 +31,7 @@ EOF
                gcloud config get-value account
   BACKUP_START_TIME  start of the daily backup window, HH:MM in UTC: 03:00
   BUILD_POOL   the Cloud Build private pool of DB_IP_TYPE=private: FUNCTION-builds
+  ALERT_EMAIL  where alerts go; when set, bootstrap ends by running scripts/alerts.sh: unset
 
 db-custom-1-3840 (Enterprise edition) allows 100 connections: room for the build's default
 --max-instances=10 times the 7 pooled connections of each instance, plus the migrator.
@@ -86,6 +88,7 @@ apis=(
   storage.googleapis.com
   sqladmin.googleapis.com
   logging.googleapis.com
+  monitoring.googleapis.com
 )
 if [ "$DB_IP_TYPE" = private ]; then
   apis+=(compute.googleapis.com servicenetworking.googleapis.com)
@@ -293,4 +296,11 @@ else
   gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
     --substitutions=${substitutions}
 EOF
+fi
+
+echo
+if [ -n "${ALERT_EMAIL:-}" ]; then
+  "$(dirname "$0")/alerts.sh"
+else
+  echo "Alerts: ALERT_EMAIL=you@example.com scripts/alerts.sh (or set ALERT_EMAIL for bootstrap)."
 fi

@@ -1,5 +1,5 @@
 # Settings and helpers shared by the scripts that act on Google Cloud (bootstrap.sh, grant_roles.sh,
-# rollback.sh, teardown.sh), which source this file first. Each setting is an
+# alerts.sh, rollback.sh, teardown.sh), which source this file first. Each setting is an
 # environment variable; its default follows the colon. load_settings reads them, once the
 # arguments are checked.
 #   PROJECT      project id: gcloud config get-value project

@@ -13,6 +13,7 @@ Deletes, in this order, whatever of it still exists:
     turned off. Without a terminal and without --yes the instance is kept, protected, and so are
     its databases and database users;
   - with DB_IP_TYPE=private, the Cloud Build private pool BUILD_POOL (default FUNCTION-builds);
+  - the alert policies and log-based metrics scripts/alerts.sh made (named after FUNCTION);
   - every project role of RUNTIME_SA and MIGRATOR_SA, then the two service accounts (the grants
     made on them go with them).
 It keeps the enabled APIs (other resources of the project may use them), and it lists at the end
@@ -90,6 +91,20 @@ if [ "$DB_IP_TYPE" = private ]; then
   fi
 fi
 
+step "Alert policies and log-based metrics of $FUNCTION"
+policies="$(gcloud monitoring policies list --project="$PROJECT" --format='value(name,displayName)')"
+while IFS=$'\t' read -r policy display_name; do
+  case "$display_name" in
+    "${FUNCTION}: "*) gcloud monitoring policies delete "$policy" --project="$PROJECT" --quiet ;;
+  esac
+done <<<"$policies"
+for metric in "$(dirname "$0")"/../monitoring/metrics/*.yaml; do
+  name="${FUNCTION}-$(basename "$metric" .yaml)"
+  if gcloud logging metrics describe "$name" --project="$PROJECT" >/dev/null 2>&1; then
+    gcloud logging metrics delete "$name" --project="$PROJECT" --quiet
+  fi
+done
+
 step "Service accounts and their project roles"
 # A deleted service account's bindings stay in the policy as deleted:serviceAccount:EMAIL?uid=...;
 # those are removed too, so a second run cleans up after an interrupted first one.
@@ -116,6 +131,8 @@ cat <<EOF
 
 Done. Left in the project, if you want them gone too:
   - the APIs bootstrap enabled: gcloud services disable ... (other resources may use them);
+  - the alerts' e-mail notification channel (other policies may use it):
+    gcloud beta monitoring channels list --project=${PROJECT}, then ... channels delete NAME;
   - with the private path, the peering and address range of ${NETWORK} (Google's other services may
     use them): gcloud services vpc-peerings delete --network=${NETWORK} --project=${PROJECT}, then
     gcloud compute addresses delete google-managed-services-${NETWORK} --global --project=${PROJECT};

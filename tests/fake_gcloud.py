@@ -3,9 +3,10 @@
 State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
 (each with its own policy), Cloud SQL instances (flags, backups, deletion protection, networks,
 databases, users), functions (each with its Cloud Run revisions and traffic), enabled services,
-and the private path's address ranges, peerings and build pools. The caller is
-FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as `gcloud config get-value account` or
-Cloud Build's metadata server would make it.
+the private path's address ranges, peerings and build pools, and the log-based metrics,
+notification channels and alert policies. The caller is FAKE_GCLOUD_ACCOUNT (`user:...` or
+`serviceAccount:...`), as `gcloud config get-value account` or Cloud Build's metadata server would
+make it.
 
 Before doing anything a command checks the permissions docs/permissions.md lists for it against
 the caller's roles (tests/iam_model.py), and fails as gcloud does, with PERMISSION_DENIED and exit
@@ -16,6 +17,7 @@ Every call is appended to the state's `calls`.
 import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -373,6 +375,78 @@ class Gcloud:
             raise Refused(f"NOT_FOUND: worker pool {arguments[0]}")
         return ""
 
+    # ---- alerts --------------------------------------------------------------------------------
+    def _logging_metrics_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("log_metrics", {}):
+            raise Refused(f"NOT_FOUND: Metric {arguments[0]} does not exist")
+        return f"name: {arguments[0]}"
+
+    def _logging_metrics_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        metrics = self.state.setdefault("log_metrics", {})
+        if arguments[0] in metrics:
+            raise Refused(f"ALREADY_EXISTS: Metric {arguments[0]} already exists")
+        metrics[arguments[0]] = _config(flags["config-from-file"])
+        return ""
+
+    def _logging_metrics_update(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._logging_metrics_describe(arguments, flags)
+        self.state["log_metrics"][arguments[0]] = _config(flags["config-from-file"])
+        return ""
+
+    def _logging_metrics_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._logging_metrics_describe(arguments, flags)
+        del self.state["log_metrics"][arguments[0]]
+        return ""
+
+    def _beta_monitoring_channels_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(name,type,labels.email_address)", flags
+        channels = self.state.setdefault("channels", {})
+        return "\n".join(f"{name}\t{c['type']}\t{c['labels']['email_address']}" for name, c in channels.items())
+
+    def _beta_monitoring_channels_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("type") == "email" and flags.get("format") == "value(name)", flags
+        channels = self.state.setdefault("channels", {})
+        name = f"projects/{self.state['project']}/notificationChannels/{len(channels) + 1}"
+        labels = dict(item.split("=", 1) for item in flags["channel-labels"].split(","))
+        channels[name] = {"type": "email", "labels": labels, "display_name": flags["display-name"]}
+        return name
+
+    def _monitoring_policies_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(name,displayName)", flags
+        policies = self.state.setdefault("policies", {})
+        return "\n".join(f"{name}\t{policy['displayName']}" for name, policy in policies.items())
+
+    def _monitoring_policies_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        policy = self._policy(flags["policy-from-file"])
+        policies = self.state.setdefault("policies", {})
+        policies[f"projects/{self.state['project']}/alertPolicies/{len(policies) + 1}"] = policy
+        return ""
+
+    def _monitoring_policies_update(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("policies", {}):
+            raise Refused(f"NOT_FOUND: alert policy {arguments[0]}")
+        self.state["policies"][arguments[0]] = self._policy(flags["policy-from-file"])
+        return ""
+
+    def _monitoring_policies_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self.state.setdefault("policies", {}).pop(arguments[0], None) is None:
+            raise Refused(f"NOT_FOUND: alert policy {arguments[0]}")
+        return ""
+
+    def _policy(self, path: str) -> dict[str, Any]:
+        """A policy whose every metric exists and whose channels are the project's, as the API checks."""
+        policy = _config(path)
+        for channel in policy.get("notificationChannels", []):
+            if channel not in self.state.setdefault("channels", {}):
+                raise Refused(f"INVALID_ARGUMENT: notification channel {channel} does not exist")
+        for condition in policy["conditions"]:
+            threshold = condition["conditionThreshold"]
+            for filter_text in (threshold["filter"], threshold.get("denominatorFilter", "")):
+                for metric in re.findall(r'metric\.type="logging\.googleapis\.com/user/([^"]+)"', filter_text):
+                    if metric not in self.state.setdefault("log_metrics", {}):
+                        raise Refused(f"INVALID_ARGUMENT: the log-based metric {metric} does not exist")
+        return policy
+
     def _functions_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         function = self._function(arguments[0], flags)
         if flags.get("format") == "value(serviceConfig.uri)":
@@ -394,6 +468,16 @@ class Gcloud:
     def _auth_print_identity_token(self, arguments: list[str], flags: dict[str, str]) -> str:
         claims = json.dumps({"sub": self.account, "aud": flags["audiences"]}).encode()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(claims).decode()
+
+
+def _config(path: str) -> dict[str, Any]:
+    """A --config-from-file or --policy-from-file: YAML (JSON is YAML too), parsed as gcloud does."""
+    sys.path.append(os.environ["FAKE_GCLOUD_YAML_PATH"])
+    import yaml
+
+    loaded: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    assert isinstance(loaded, dict), path
+    return loaded
 
 
 def main() -> int:
@@ -436,8 +520,15 @@ def install(folder: Path) -> Path:
     """A directory for the front of PATH: `gcloud` is this stand-in, `sleep` returns at once."""
     bin_dir = folder / "fake-bin"
     bin_dir.mkdir(exist_ok=True)
-    # -I -S: no site-packages to scan; the stand-in needs the standard library only.
-    (bin_dir / "gcloud").write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{Path(__file__).resolve()}" "$@"\n')
+    # -I -S: no site-packages to scan; the stand-in needs the standard library, and PyYAML for the
+    # files of --config-from-file and --policy-from-file, found where this process found it.
+    import yaml
+
+    yaml_path = Path(yaml.__file__).resolve().parent.parent
+    script = Path(__file__).resolve()
+    (bin_dir / "gcloud").write_text(
+        f'#!/bin/sh\nFAKE_GCLOUD_YAML_PATH="{yaml_path}" exec "{sys.executable}" -I -S "{script}" "$@"\n'
+    )
     (bin_dir / "sleep").write_text("#!/bin/sh\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
@@ -448,7 +539,7 @@ def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) 
     """The environment a script runs in: the stand-in first on PATH, none of the real gcloud's settings."""
     settings_names = {
         *("PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"),
-        *("DB_IP_TYPE", "NETWORK", "SUBNET", "BUILD_POOL", "BACKUP_START_TIME"),
+        *("DB_IP_TYPE", "NETWORK", "SUBNET", "BUILD_POOL", "BACKUP_START_TIME", "ALERT_EMAIL"),
     }
     kept = {
         key: value

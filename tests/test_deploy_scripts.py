@@ -42,10 +42,10 @@ def project(tmp_path: Path) -> Project:
 
 @pytest.fixture(scope="module")
 def after_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The state bootstrap leaves in an empty project, plus the function the build deploys
-    (tests/test_cloudbuild.py runs that step through the stand-in)."""
+    """The state bootstrap leaves in an empty project, alerts included, plus the function the build
+    deploys (tests/test_cloudbuild.py runs that step through the stand-in)."""
     project = Project(tmp_path_factory.mktemp("bootstrap"))
-    result = project.run("bootstrap.sh")
+    result = project.run("bootstrap.sh", ALERT_EMAIL="oncall@example.com")
     assert result.returncode == 0, result.stdout + result.stderr
     state = project.state
     state["functions"]["projects-api"] = {"policy": {}, "region": "europe-west1", "service_account": RUNTIME_SA}
@@ -61,7 +61,7 @@ def creations(calls: list[list[str]]) -> list[list[str]]:
     return [args for args in calls if {"create", "patch", "add-iam-policy-binding", "delete", "enable"} & set(args)]
 
 
-SCRIPT_NAMES = ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "rollback.sh"]
+SCRIPT_NAMES = ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "alerts.sh", "rollback.sh"]
 
 
 @pytest.mark.parametrize("script", [*SCRIPT_NAMES, "deploy_settings.sh"])
@@ -91,6 +91,7 @@ def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrap
     assert {f"migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
     assert {"sqladmin.googleapis.com", "iamcredentials.googleapis.com"} <= set(state["services"])
     assert "compute.googleapis.com" not in state["services"], "the public path needs no Compute Engine API"
+    assert len(state["policies"]) == 4 and len(state["log_metrics"]) == 5, "ALERT_EMAIL: scripts/alerts.sh ran"
     before = len(state["calls"])
     again = bootstrapped.run("bootstrap.sh")
     assert again.returncode == 0, again.stderr
@@ -171,6 +172,8 @@ def test_teardown_deletes_everything_bootstrap_made_and_a_second_run_finds_nothi
     calls = bootstrapped.calls(started)
     sql_calls = [args[2] for args in calls if args[:2] == ["sql", "instances"] and args[2] != "describe"]
     assert sql_calls == ["patch", "delete"], "deletion protection is lifted just before the delete"
+    assert state["policies"] == {} and state["log_metrics"] == {}
+    assert len(state["channels"]) == 1, "the e-mail channel is listed, not deleted: other policies may use it"
     members = {member for members in state["project_policy"].values() for member in members}
     assert members == {OWNER}, members  # no binding of the service accounts is left, deleted or not
     before = len(state["calls"])
