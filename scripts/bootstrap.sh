@@ -66,7 +66,8 @@ DB_TIER="${DB_TIER:-db-custom-1-3840}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
 BACKUP_START_TIME="${BACKUP_START_TIME:-03:00}"
 BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
-[[ "$BACKUP_START_TIME" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] || die "BACKUP_START_TIME=$BACKUP_START_TIME: expected HH:MM (UTC)"
+[[ "$BACKUP_START_TIME" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] ||
+  die "BACKUP_START_TIME=$BACKUP_START_TIME: expected HH:MM (UTC)"
 NETWORK_PATH="projects/${PROJECT}/global/networks/${NETWORK}"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME, $DB_IP_TYPE IP"
