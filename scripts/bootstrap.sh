@@ -8,11 +8,15 @@ usage() {
 Usage: scripts/bootstrap.sh [--help]
 
 Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.yaml):
-  - enables the APIs the build, the function and Cloud SQL use;
+  - enables the APIs the build, the function, Cloud SQL and the alerts use;
   - creates the Cloud SQL for PostgreSQL instance with cloudsql.iam_authentication=on (or turns the
-    flag on for an existing instance, keeping its other flags) and the database;
+    flag on for an existing instance, keeping its other flags), daily backups, point-in-time
+    recovery and deletion protection, and the database;
+  - with DB_IP_TYPE=private: Private Service Access on NETWORK, a private IP for the instance, and
+    a Cloud Build private pool in NETWORK for the migrations (docs/operations.md);
   - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
     Build runs as it), grants them their roles, and creates their IAM database users;
+  - with ALERT_EMAIL set: the log-based metrics and alert policies (scripts/alerts.sh);
   - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
 Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
 accounts, and set IAM policies). It changes nothing that is already as it should be.
@@ -25,11 +29,15 @@ EOF
   DB_TIER      machine type of a new instance: db-custom-1-3840
   SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
                gcloud config get-value account
+  BACKUP_START_TIME  start of the daily backup window, HH:MM in UTC: 03:00
+  BUILD_POOL   the Cloud Build private pool of DB_IP_TYPE=private: FUNCTION-builds
+  ALERT_EMAIL  where alerts go; when set, bootstrap ends by running scripts/alerts.sh: unset
 
 db-custom-1-3840 (Enterprise edition) allows 100 connections: room for the build's default
 --max-instances=10 with pools of 2 + 2, Cloud Run's surge past the maximum, the old revision
 while it drains, and the migrator (the build's connection-budget step checks the sum).
 If creating the instance outlasts gcloud's wait, let the operation finish and run this again.
+Backups are kept 8 days, transaction logs for point-in-time recovery 7 (docs/operations.md).
 
 Example:
   PROJECT=my-project REGION=europe-west1 INSTANCE=projects-db scripts/bootstrap.sh
@@ -57,25 +65,37 @@ load_settings
 DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
+BACKUP_START_TIME="${BACKUP_START_TIME:-03:00}"
+BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
+[[ "$BACKUP_START_TIME" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] ||
+  die "BACKUP_START_TIME=$BACKUP_START_TIME: expected HH:MM (UTC)"
+NETWORK_PATH="projects/${PROJECT}/global/networks/${NETWORK}"
 
-echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME"
+echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME, $DB_IP_TYPE IP"
 echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
 
 step "Enabling APIs"
-# compute.googleapis.com is not needed: the function builds and runs as the service accounts below,
-# never as the Compute Engine default account, and the instance is reached over its public IP.
-gcloud services enable --project="$PROJECT" \
-  cloudresourcemanager.googleapis.com \
-  serviceusage.googleapis.com \
-  iam.googleapis.com \
-  iamcredentials.googleapis.com \
-  cloudfunctions.googleapis.com \
-  run.googleapis.com \
-  cloudbuild.googleapis.com \
-  artifactregistry.googleapis.com \
-  storage.googleapis.com \
-  sqladmin.googleapis.com \
+# With a public IP, compute.googleapis.com is not needed: the function builds and runs as the
+# service accounts below, never as the Compute Engine default account. The private path needs it
+# (the VPC network and its address range) and Service Networking (the peering Cloud SQL is behind).
+apis=(
+  cloudresourcemanager.googleapis.com
+  serviceusage.googleapis.com
+  iam.googleapis.com
+  iamcredentials.googleapis.com
+  cloudfunctions.googleapis.com
+  run.googleapis.com
+  cloudbuild.googleapis.com
+  artifactregistry.googleapis.com
+  storage.googleapis.com
+  sqladmin.googleapis.com
   logging.googleapis.com
+  monitoring.googleapis.com
+)
+if [ "$DB_IP_TYPE" = private ]; then
+  apis+=(compute.googleapis.com servicenetworking.googleapis.com)
+fi
+gcloud services enable --project="$PROJECT" "${apis[@]}"
 
 step "Service accounts"
 ensure_service_account() {
@@ -139,6 +159,26 @@ if [ -n "$SUBMITTER" ]; then
   grant_on_service_account "$MIGRATOR_SA" "$submitter_member" roles/iam.serviceAccountUser
 fi
 
+if [ "$DB_IP_TYPE" = private ]; then
+  # Private Service Access: an address range of NETWORK reserved for Google's services, and the
+  # peering they reach NETWORK through. Cloud SQL's private IP and the build's private pool use both.
+  psa_range="google-managed-services-${NETWORK}"
+  step "Private Service Access on network $NETWORK"
+  if gcloud compute addresses describe "$psa_range" --global --project="$PROJECT" >/dev/null 2>&1; then
+    echo "    address range $psa_range exists"
+  else
+    gcloud compute addresses create "$psa_range" --global --project="$PROJECT" \
+      --purpose=VPC_PEERING --prefix-length=16 --network="$NETWORK"
+  fi
+  peerings="$(gcloud services vpc-peerings list --network="$NETWORK" --project="$PROJECT" --format='value(service)')"
+  if grep -Fxq servicenetworking.googleapis.com <<<"$peerings"; then
+    echo "    peering with servicenetworking.googleapis.com exists"
+  else
+    gcloud services vpc-peerings connect --service=servicenetworking.googleapis.com \
+      --ranges="$psa_range" --network="$NETWORK" --project="$PROJECT"
+  fi
+fi
+
 step "Cloud SQL instance $INSTANCE"
 if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&1; then
   # `patch --database-flags` replaces the whole list: keep the instance's other flags.
@@ -163,11 +203,52 @@ if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&
     # ^|^ makes | the list separator, so a flag value may contain commas.
     gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --database-flags="^|^${joined}" --quiet
   fi
+  # Data protection and the private IP, each patched only when missing (these patches keep the flags).
+  IFS=$'\t' read -r backups pitr protected private_network < <(gcloud sql instances describe "$INSTANCE" \
+    --project="$PROJECT" --format='value(settings.backupConfiguration.enabled,settings.backupConfiguration.pointInTimeRecoveryEnabled,settings.deletionProtectionEnabled,settings.ipConfiguration.privateNetwork)')
+  if [ "$backups" = True ] && [ "$pitr" = True ] && [ "$protected" = True ]; then
+    echo "    backups, point-in-time recovery and deletion protection are on"
+  else
+    gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --backup-start-time="$BACKUP_START_TIME" \
+      --retained-backups-count=8 --enable-point-in-time-recovery --retained-transaction-log-days=7 \
+      --deletion-protection --quiet
+  fi
+  if [ "$DB_IP_TYPE" = private ]; then
+    if [ -n "$private_network" ]; then
+      echo "    private IP in $private_network"
+    else
+      echo "    adding a private IP in $NETWORK_PATH (the instance restarts; its public IP stays)"
+      gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --network="$NETWORK_PATH" --quiet
+    fi
+  fi
 else
   echo "    creating (this takes several minutes)"
+  # Daily backups kept 8 days, and 7 days of transaction logs for point-in-time recovery (one
+  # backup more than the days of logs, as Google advises); deletion protection refuses a delete
+  # until it is turned off (scripts/teardown.sh asks first). The public IP is assigned in both
+  # modes, with no authorized network, so only the connector and the Auth Proxy reach it, with IAM;
+  # the private path closes it once the first build has passed (docs/operations.md).
+  network=()
+  if [ "$DB_IP_TYPE" = private ]; then
+    network=(--network="$NETWORK_PATH")
+  fi
   gcloud sql instances create "$INSTANCE" --project="$PROJECT" --region="$REGION" \
     --database-version="$DB_VERSION" --edition=enterprise --tier="$DB_TIER" \
-    --assign-ip --database-flags=cloudsql.iam_authentication=on
+    --assign-ip --database-flags=cloudsql.iam_authentication=on \
+    --backup-start-time="$BACKUP_START_TIME" --retained-backups-count=8 \
+    --enable-point-in-time-recovery --retained-transaction-log-days=7 --deletion-protection \
+    ${network[@]+"${network[@]}"}
+fi
+
+if [ "$DB_IP_TYPE" = private ]; then
+  # The build's migrate step reaches the private IP from a private pool peered with NETWORK.
+  step "Cloud Build private pool $BUILD_POOL"
+  if gcloud builds worker-pools describe "$BUILD_POOL" --region="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
+    echo "    exists"
+  else
+    gcloud builds worker-pools create "$BUILD_POOL" --region="$REGION" --project="$PROJECT" \
+      --peered-network="$NETWORK_PATH"
+  fi
 fi
 
 step "Database $DB_NAME"
@@ -200,6 +281,28 @@ pg_isready and the Cloud SQL Auth Proxy installed (README, Deploy), from the rep
 
 Then test, migrate, deploy and smoke-test:
 
-  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
-    --substitutions=_REGION=${REGION},_INSTANCE=${INSTANCE},_DB_NAME=${DB_NAME},_FUNCTION=${FUNCTION},_RUNTIME_SA=${RUNTIME_SA},_MIGRATOR_SA=${MIGRATOR_SA}
 EOF
+substitutions="_REGION=${REGION},_INSTANCE=${INSTANCE},_DB_NAME=${DB_NAME},_FUNCTION=${FUNCTION},_RUNTIME_SA=${RUNTIME_SA},_MIGRATOR_SA=${MIGRATOR_SA}"
+if [ "$DB_IP_TYPE" = private ]; then
+  cat <<EOF
+  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
+    --worker-pool=projects/${PROJECT}/locations/${REGION}/workerPools/${BUILD_POOL} \\
+    --substitutions=${substitutions},_DB_IP_TYPE=private,_NETWORK=${NETWORK},_SUBNET=${SUBNET}
+
+Once that build has passed, close the instance's public IP (docs/operations.md):
+
+  gcloud sql instances patch ${INSTANCE} --project=${PROJECT} --no-assign-ip
+EOF
+else
+  cat <<EOF
+  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
+    --substitutions=${substitutions}
+EOF
+fi
+
+echo
+if [ -n "${ALERT_EMAIL:-}" ]; then
+  "$(dirname "$0")/alerts.sh"
+else
+  echo "Alerts: ALERT_EMAIL=you@example.com scripts/alerts.sh (or set ALERT_EMAIL for bootstrap)."
+fi

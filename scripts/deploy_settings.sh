@@ -1,6 +1,7 @@
-# Settings and helpers shared by scripts/bootstrap.sh, scripts/grant_roles.sh and
-# scripts/teardown.sh, which source this file first. Each setting is an environment variable; its
-# default follows the colon. load_settings reads them, once the arguments are checked.
+# Settings and helpers shared by the scripts that act on Google Cloud (bootstrap.sh, grant_roles.sh,
+# alerts.sh, rollback.sh, teardown.sh), which source this file first. Each setting is an
+# environment variable; its default follows the colon. load_settings reads them, once the
+# arguments are checked.
 #   PROJECT      project id: gcloud config get-value project
 #   REGION       region of the instance, the function and the build: europe-west1
 #   INSTANCE     Cloud SQL instance: projects-db
@@ -8,6 +9,10 @@
 #   FUNCTION     the function: projects-api
 #   RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
 #   MIGRATOR_SA  the build's service account (migrations, deploy): migrator@PROJECT.iam.gserviceaccount.com
+#   DB_IP_TYPE   how the function reaches the instance: public (its public IP, through the connector)
+#                or private (a private IP in NETWORK; docs/operations.md, "Keep the database private"): public
+#   NETWORK      the VPC network of the private path: default
+#   SUBNET       the subnet in REGION that the function's Direct VPC egress uses: NETWORK
 
 die() {
   echo "$(basename "$0"): $*" >&2
@@ -54,6 +59,13 @@ load_settings() {
   FUNCTION="${FUNCTION:-projects-api}"
   RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
   MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
+  DB_IP_TYPE="${DB_IP_TYPE:-public}"
+  NETWORK="${NETWORK:-default}"
+  SUBNET="${SUBNET:-$NETWORK}"
+  case "$DB_IP_TYPE" in
+    public | private) ;;
+    *) die "DB_IP_TYPE=$DB_IP_TYPE: expected public or private" ;;
+  esac
 
   for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
     [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||

@@ -8,9 +8,12 @@ Usage: scripts/teardown.sh [--yes] [--help]
 
 Deletes, in this order, whatever of it still exists:
   - the function FUNCTION in REGION (the build deployed it);
-  - the Cloud SQL instance INSTANCE, with every database and all data on it, after you type the
-    instance's name to confirm (--yes: without asking). Without a terminal and without --yes the
-    instance is kept, and so are its databases and database users;
+  - the Cloud SQL instance INSTANCE, with every database, all data and its backups, after you type
+    the instance's name to confirm (--yes: without asking); only then is its deletion protection
+    turned off. Without a terminal and without --yes the instance is kept, protected, and so are
+    its databases and database users;
+  - with DB_IP_TYPE=private, the Cloud Build private pool BUILD_POOL (default FUNCTION-builds);
+  - the alert policies and log-based metrics scripts/alerts.sh made (named after FUNCTION);
   - every project role of RUNTIME_SA and MIGRATOR_SA, then the two service accounts (the grants
     made on them go with them).
 It keeps the enabled APIs (other resources of the project may use them), and it lists at the end
@@ -63,6 +66,12 @@ confirm_instance() {
 step "Cloud SQL instance $INSTANCE"
 if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&1; then
   if confirm_instance; then
+    protected="$(gcloud sql instances describe "$INSTANCE" --project="$PROJECT" \
+      --format='value(settings.deletionProtectionEnabled)')"
+    if [ "$protected" = True ]; then
+      echo "    turning deletion protection off"
+      gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --no-deletion-protection --quiet
+    fi
     gcloud sql instances delete "$INSTANCE" --project="$PROJECT" --quiet
   else
     echo "    its IAM database users $MIGRATOR_DB_USER and $RUNTIME_DB_USER stay; once the service"
@@ -71,6 +80,30 @@ if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&
 else
   echo "    not found"
 fi
+
+if [ "$DB_IP_TYPE" = private ]; then
+  BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
+  step "Cloud Build private pool $BUILD_POOL"
+  if gcloud builds worker-pools describe "$BUILD_POOL" --region="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
+    gcloud builds worker-pools delete "$BUILD_POOL" --region="$REGION" --project="$PROJECT" --quiet
+  else
+    echo "    not found"
+  fi
+fi
+
+step "Alert policies and log-based metrics of $FUNCTION"
+policies="$(gcloud monitoring policies list --project="$PROJECT" --format='value(name,displayName)')"
+while IFS=$'\t' read -r policy display_name; do
+  case "$display_name" in
+    "${FUNCTION}: "*) gcloud monitoring policies delete "$policy" --project="$PROJECT" --quiet ;;
+  esac
+done <<<"$policies"
+for metric in "$(dirname "$0")"/../monitoring/metrics/*.yaml; do
+  name="${FUNCTION}-$(basename "$metric" .yaml)"
+  if gcloud logging metrics describe "$name" --project="$PROJECT" >/dev/null 2>&1; then
+    gcloud logging metrics delete "$name" --project="$PROJECT" --quiet
+  fi
+done
 
 step "Service accounts and their project roles"
 # A deleted service account's bindings stay in the policy as deleted:serviceAccount:EMAIL?uid=...;
@@ -98,6 +131,11 @@ cat <<EOF
 
 Done. Left in the project, if you want them gone too:
   - the APIs bootstrap enabled: gcloud services disable ... (other resources may use them);
+  - the alerts' e-mail notification channel (other policies may use it):
+    gcloud beta monitoring channels list --project=${PROJECT}, then ... channels delete NAME;
+  - with the private path, the peering and address range of ${NETWORK} (Google's other services may
+    use them): gcloud services vpc-peerings delete --network=${NETWORK} --project=${PROJECT}, then
+    gcloud compute addresses delete google-managed-services-${NETWORK} --global --project=${PROJECT};
   - the builds' sources: gcloud storage buckets list --project=${PROJECT} (${PROJECT}_cloudbuild,
     and gcf-v2-sources-* and gcf-v2-uploads-* for the function), then gcloud storage rm -r gs://BUCKET;
   - the function's images, in the gcf-artifacts repository of ${REGION}:

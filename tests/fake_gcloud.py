@@ -1,9 +1,12 @@
 """A stand-in for the `gcloud` commands this repository runs, which enforces IAM as Google does.
 
 State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
-(each with its own policy), Cloud SQL instances (flags, databases, users), functions and enabled
-services. The caller is FAKE_GCLOUD_ACCOUNT (`user:...` or `serviceAccount:...`), as
-`gcloud config get-value account` or Cloud Build's metadata server would make it.
+(each with its own policy), Cloud SQL instances (flags, backups, deletion protection, networks,
+databases, users), functions (each with its Cloud Run revisions and traffic), enabled services,
+the private path's address ranges, peerings and build pools, and the log-based metrics,
+notification channels and alert policies. The caller is FAKE_GCLOUD_ACCOUNT (`user:...` or
+`serviceAccount:...`), as `gcloud config get-value account` or Cloud Build's metadata server would
+make it.
 
 Before doing anything a command checks the permissions docs/permissions.md lists for it against
 the caller's roles (tests/iam_model.py), and fails as gcloud does, with PERMISSION_DENIED and exit
@@ -14,9 +17,13 @@ Every call is appended to the state's `calls`.
 import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from subprocess import CompletedProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import iam_model
@@ -94,6 +101,8 @@ class Gcloud:
             return {"MIGRATOR_SA": self.account.removeprefix("serviceAccount:")}
         if path[:2] == ["iam", "service-accounts"] and arguments:
             return {"RUNTIME_SA": arguments[0], "MIGRATOR_SA": arguments[0]}
+        if path == ["run", "services", "update-traffic"] and arguments[0] in self.state["functions"]:
+            return {"RUNTIME_SA": self.state["functions"][arguments[0]]["service_account"]}
         return {}
 
     def _config_get_value(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -161,29 +170,76 @@ class Gcloud:
 
     def _sql_instances_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         instance = self._instance(arguments[0])
-        if flags.get("format", "").startswith("value[separator"):
+        fields = {
+            "settings.backupConfiguration.enabled": str(instance.get("backups", False)),
+            "settings.backupConfiguration.pointInTimeRecoveryEnabled": str(instance.get("pitr", False)),
+            "settings.deletionProtectionEnabled": str(instance.get("deletion_protection", False)),
+            "settings.ipConfiguration.privateNetwork": instance.get("private_network", ""),
+        }
+        requested = flags.get("format", "")
+        if requested.startswith("value[separator"):
             return "\n".join(f"{name}={value}" for name, value in instance["flags"].items())
+        if requested.startswith("value(") and requested.endswith(")"):
+            return "\t".join(fields[field] for field in requested[len("value(") : -1].split(","))
+        assert not requested, f"the stand-in knows no --format={requested}"
         return f"name: {arguments[0]}"
 
     def _sql_instances_create(self, arguments: list[str], flags: dict[str, str]) -> str:
         if arguments[0] in self.state["instances"]:
             raise Refused(f"the instance {arguments[0]} already exists")
         database_flags = dict(flag.split("=", 1) for flag in flags["database-flags"].split(","))
-        self.state["instances"][arguments[0]] = {"flags": database_flags, "databases": ["postgres"], "users": []}
-        self.state["instances"][arguments[0]]["users"].append("postgres")
+        instance = {"flags": database_flags, "databases": ["postgres"], "users": ["postgres"]}
+        self.state["instances"][arguments[0]] = instance
+        self._protect(instance, flags)
+        if "network" in flags:
+            self._private_ip(instance, flags["network"])
+        instance["public_ip"] = "assign-ip" in flags
         return ""
 
     def _sql_instances_patch(self, arguments: list[str], flags: dict[str, str]) -> str:
-        value = flags["database-flags"]
-        separator = ","
-        if value.startswith("^"):
-            separator, value = value[1], value[3:]
-        # --database-flags replaces every flag, as on Google Cloud.
-        self._instance(arguments[0])["flags"] = dict(flag.split("=", 1) for flag in value.split(separator))
+        instance = self._instance(arguments[0])
+        if "database-flags" in flags:
+            value = flags["database-flags"]
+            separator = ","
+            if value.startswith("^"):
+                separator, value = value[1], value[3:]
+            # --database-flags replaces every flag, as on Google Cloud.
+            instance["flags"] = dict(flag.split("=", 1) for flag in value.split(separator))
+        self._protect(instance, flags)
+        if "no-deletion-protection" in flags:
+            instance["deletion_protection"] = False
+        if "network" in flags:
+            self._private_ip(instance, flags["network"])
+        if "no-assign-ip" in flags:
+            if not instance.get("private_network"):
+                raise Refused("INVALID_ARGUMENT: an instance needs a public or a private IP")
+            instance["public_ip"] = False
         return ""
 
+    def _protect(self, instance: dict[str, Any], flags: dict[str, str]) -> None:
+        """--backup-start-time, --enable-point-in-time-recovery, --deletion-protection, as Cloud SQL
+        takes them: point-in-time recovery needs backups, and Enterprise keeps 1 to 7 days of logs."""
+        if "backup-start-time" in flags:
+            instance["backups"] = True
+        if "enable-point-in-time-recovery" in flags:
+            if not instance.get("backups"):
+                raise Refused("INVALID_ARGUMENT: point-in-time recovery requires automated backups")
+            instance["pitr"] = True
+        if "retained-transaction-log-days" in flags and not 1 <= int(flags["retained-transaction-log-days"]) <= 7:
+            raise Refused("INVALID_ARGUMENT: Enterprise edition keeps 1 to 7 days of transaction logs")
+        if "deletion-protection" in flags:
+            instance["deletion_protection"] = True
+
+    def _private_ip(self, instance: dict[str, Any], network: str) -> None:
+        """A private IP needs Private Service Access on the network (a range and the peering)."""
+        name = network.rsplit("/", 1)[-1]
+        if name not in self.state.setdefault("peerings", {}):
+            raise Refused(f"FAILED_PRECONDITION: no private services connection on network {name}")
+        instance["private_network"] = network
+
     def _sql_instances_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
-        self._instance(arguments[0])
+        if self._instance(arguments[0]).get("deletion_protection"):
+            raise Refused(f"FAILED_PRECONDITION: the instance {arguments[0]} has deletion protection enabled")
         del self.state["instances"][arguments[0]]
         return ""
 
@@ -223,12 +279,173 @@ class Gcloud:
     def _functions_deploy(self, arguments: list[str], flags: dict[str, str]) -> str:
         assert "gen2" in flags, "a 2nd gen function needs --gen2"
         function = self.state["functions"].setdefault(arguments[0], {"policy": {}})
+        network = {name: flags[name] for name in ("network", "subnet", "direct-vpc-egress") if name in flags}
+        assert not network or len(network) == 3, (
+            f"Direct VPC egress takes a network, a subnet and the egress: {network}"
+        )
+        revisions = function.setdefault("revisions", [])
+        revisions.append(f"{arguments[0]}-{len(revisions) + 1:05d}-x")
         function |= {
             "region": flags["region"],
             "service_account": flags["service-account"],
             "uri": self.state.get("function_uri", f"https://{arguments[0]}-fake.a.run.app"),
+            "environment": dict(item.split("=", 1) for item in flags["set-env-vars"].split(",")),
+            "network": network,
+            # The Cloud Functions API deploys with allTrafficOnLatestRevision: the new revision takes it all.
+            "traffic": {revisions[-1]: 100},
         }
         return ""
+
+    # ---- the function's Cloud Run service ------------------------------------------------------
+    def _run_revisions_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("sort-by") == "~metadata.creationTimestamp", flags
+        assert flags.get("format") == "value(metadata.name)", flags
+        function = self._service(flags["service"], flags)
+        return "\n".join(reversed(function.get("revisions", [])))
+
+    def _run_services_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        function = self._service(arguments[0], flags)
+        assert flags.get("flatten") == "status.traffic[]", flags
+        assert flags.get("format") == "value(status.traffic.revisionName,status.traffic.percent)", flags
+        return "\n".join(f"{revision}\t{percent}" for revision, percent in function["traffic"].items())
+
+    def _run_services_update_traffic(self, arguments: list[str], flags: dict[str, str]) -> str:
+        function = self._service(arguments[0], flags)
+        if "to-latest" in flags:
+            function["traffic"] = {function["revisions"][-1]: 100}
+            return ""
+        targets = dict(item.split("=", 1) for item in flags["to-revisions"].split(","))
+        unknown = set(targets) - set(function["revisions"])
+        if unknown:
+            raise Refused(f"NOT_FOUND: revision {sorted(unknown)} of service {arguments[0]}")
+        function["traffic"] = {revision: int(percent) for revision, percent in targets.items()}
+        return ""
+
+    def _service(self, name: str, flags: dict[str, str]) -> dict[str, Any]:
+        function = self.state["functions"].get(name)
+        if function is None or function.get("region") != flags.get("region"):
+            raise Refused(f"NOT_FOUND: Service [{name}] could not be found in {flags.get('region')}")
+        found: dict[str, Any] = function
+        return found
+
+    # ---- the private path ----------------------------------------------------------------------
+    def _compute_addresses_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "global" in flags, "a Private Service Access range is a global address"
+        if arguments[0] not in self.state.setdefault("addresses", {}):
+            raise Refused(f"NOT_FOUND: The resource 'global/addresses/{arguments[0]}' was not found")
+        return f"name: {arguments[0]}"
+
+    def _compute_addresses_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "global" in flags and flags.get("purpose") == "VPC_PEERING", flags
+        addresses = self.state.setdefault("addresses", {})
+        if arguments[0] in addresses:
+            raise Refused(f"ALREADY_EXISTS: The resource {arguments[0]} already exists")
+        addresses[arguments[0]] = {"network": flags["network"], "prefix_length": int(flags["prefix-length"])}
+        return ""
+
+    def _services_vpc_peerings_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(service)", flags
+        peering = self.state.setdefault("peerings", {}).get(flags["network"])
+        return "servicenetworking.googleapis.com" if peering else ""
+
+    def _services_vpc_peerings_connect(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("service") == "servicenetworking.googleapis.com", flags
+        ranges = flags["ranges"].split(",")
+        for name in ranges:
+            address = self.state.setdefault("addresses", {}).get(name)
+            if address is None or address["network"] != flags["network"]:
+                raise Refused(f"FAILED_PRECONDITION: no allocated range {name} on network {flags['network']}")
+        self.state.setdefault("peerings", {})[flags["network"]] = ranges
+        return ""
+
+    def _builds_worker_pools_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("worker_pools", {}):
+            raise Refused(f"NOT_FOUND: worker pool {arguments[0]}")
+        return f"name: {arguments[0]}"
+
+    def _builds_worker_pools_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        network = flags["peered-network"].rsplit("/", 1)[-1]
+        if network not in self.state.setdefault("peerings", {}):
+            raise Refused(f"FAILED_PRECONDITION: network {network} has no private services connection")
+        self.state.setdefault("worker_pools", {})[arguments[0]] = {"region": flags["region"], "network": network}
+        return ""
+
+    def _builds_worker_pools_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self.state.setdefault("worker_pools", {}).pop(arguments[0], None) is None:
+            raise Refused(f"NOT_FOUND: worker pool {arguments[0]}")
+        return ""
+
+    # ---- alerts --------------------------------------------------------------------------------
+    def _logging_metrics_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("log_metrics", {}):
+            raise Refused(f"NOT_FOUND: Metric {arguments[0]} does not exist")
+        return f"name: {arguments[0]}"
+
+    def _logging_metrics_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        metrics = self.state.setdefault("log_metrics", {})
+        if arguments[0] in metrics:
+            raise Refused(f"ALREADY_EXISTS: Metric {arguments[0]} already exists")
+        metrics[arguments[0]] = _config(flags["config-from-file"])
+        return ""
+
+    def _logging_metrics_update(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._logging_metrics_describe(arguments, flags)
+        self.state["log_metrics"][arguments[0]] = _config(flags["config-from-file"])
+        return ""
+
+    def _logging_metrics_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._logging_metrics_describe(arguments, flags)
+        del self.state["log_metrics"][arguments[0]]
+        return ""
+
+    def _beta_monitoring_channels_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(name,type,labels.email_address)", flags
+        channels = self.state.setdefault("channels", {})
+        return "\n".join(f"{name}\t{c['type']}\t{c['labels']['email_address']}" for name, c in channels.items())
+
+    def _beta_monitoring_channels_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("type") == "email" and flags.get("format") == "value(name)", flags
+        channels = self.state.setdefault("channels", {})
+        name = f"projects/{self.state['project']}/notificationChannels/{len(channels) + 1}"
+        labels = dict(item.split("=", 1) for item in flags["channel-labels"].split(","))
+        channels[name] = {"type": "email", "labels": labels, "display_name": flags["display-name"]}
+        return name
+
+    def _monitoring_policies_list(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("format") == "value(name,displayName)", flags
+        policies = self.state.setdefault("policies", {})
+        return "\n".join(f"{name}\t{policy['displayName']}" for name, policy in policies.items())
+
+    def _monitoring_policies_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        policy = self._policy(flags["policy-from-file"])
+        policies = self.state.setdefault("policies", {})
+        policies[f"projects/{self.state['project']}/alertPolicies/{len(policies) + 1}"] = policy
+        return ""
+
+    def _monitoring_policies_update(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("policies", {}):
+            raise Refused(f"NOT_FOUND: alert policy {arguments[0]}")
+        self.state["policies"][arguments[0]] = self._policy(flags["policy-from-file"])
+        return ""
+
+    def _monitoring_policies_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self.state.setdefault("policies", {}).pop(arguments[0], None) is None:
+            raise Refused(f"NOT_FOUND: alert policy {arguments[0]}")
+        return ""
+
+    def _policy(self, path: str) -> dict[str, Any]:
+        """A policy whose every metric exists and whose channels are the project's, as the API checks."""
+        policy = _config(path)
+        for channel in policy.get("notificationChannels", []):
+            if channel not in self.state.setdefault("channels", {}):
+                raise Refused(f"INVALID_ARGUMENT: notification channel {channel} does not exist")
+        for condition in policy["conditions"]:
+            threshold = condition["conditionThreshold"]
+            for filter_text in (threshold["filter"], threshold.get("denominatorFilter", "")):
+                for metric in re.findall(r'metric\.type="logging\.googleapis\.com/user/([^"]+)"', filter_text):
+                    if metric not in self.state.setdefault("log_metrics", {}):
+                        raise Refused(f"INVALID_ARGUMENT: the log-based metric {metric} does not exist")
+        return policy
 
     def _functions_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         function = self._function(arguments[0], flags)
@@ -251,6 +468,16 @@ class Gcloud:
     def _auth_print_identity_token(self, arguments: list[str], flags: dict[str, str]) -> str:
         claims = json.dumps({"sub": self.account, "aud": flags["audiences"]}).encode()
         return TOKEN_PREFIX + base64.urlsafe_b64encode(claims).decode()
+
+
+def _config(path: str) -> dict[str, Any]:
+    """A --config-from-file or --policy-from-file: YAML (JSON is YAML too), parsed as gcloud does."""
+    sys.path.append(os.environ["FAKE_GCLOUD_YAML_PATH"])
+    import yaml
+
+    loaded: dict[str, Any] = yaml.safe_load(Path(path).read_text())
+    assert isinstance(loaded, dict), path
+    return loaded
 
 
 def main() -> int:
@@ -293,8 +520,15 @@ def install(folder: Path) -> Path:
     """A directory for the front of PATH: `gcloud` is this stand-in, `sleep` returns at once."""
     bin_dir = folder / "fake-bin"
     bin_dir.mkdir(exist_ok=True)
-    # -I -S: no site-packages to scan; the stand-in needs the standard library only.
-    (bin_dir / "gcloud").write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{Path(__file__).resolve()}" "$@"\n')
+    # -I -S: no site-packages to scan; the stand-in needs the standard library, and PyYAML for the
+    # files of --config-from-file and --policy-from-file, found where this process found it.
+    import yaml
+
+    yaml_path = Path(yaml.__file__).resolve().parent.parent
+    script = Path(__file__).resolve()
+    (bin_dir / "gcloud").write_text(
+        f'#!/bin/sh\nFAKE_GCLOUD_YAML_PATH="{yaml_path}" exec "{sys.executable}" -I -S "{script}" "$@"\n'
+    )
     (bin_dir / "sleep").write_text("#!/bin/sh\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
@@ -303,7 +537,10 @@ def install(folder: Path) -> Path:
 
 def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) -> dict[str, str]:
     """The environment a script runs in: the stand-in first on PATH, none of the real gcloud's settings."""
-    settings_names = {"PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"}
+    settings_names = {
+        *("PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"),
+        *("DB_IP_TYPE", "NETWORK", "SUBNET", "BUILD_POOL", "BACKUP_START_TIME", "ALERT_EMAIL"),
+    }
     kept = {
         key: value
         for key, value in os.environ.items()
@@ -318,3 +555,62 @@ def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) 
         }
         | settings
     )
+
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+OWNER = "user:owner@example.com"
+
+
+class Project:
+    """A project's state file and the stand-in gcloud, for running scripts/ against it, by default
+    as its Owner."""
+
+    def __init__(self, folder: Path, state: dict[str, Any] | None = None, owner: str = OWNER) -> None:
+        self.owner = owner
+        self.state_file = folder / "state.json"
+        self.state_file.write_text(json.dumps(state or new_state("demo-project", owner)))
+        self.bin_dir = install(folder)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.state_file.read_text())
+        return loaded
+
+    def update(self, **changes: Any) -> None:
+        self.state_file.write_text(json.dumps(self.state | changes))
+
+    def grant(self, member: str, *roles: str) -> None:
+        """Project roles for `member`, as a project's IAM admin would grant them."""
+        state = self.state
+        for role in roles:
+            state["project_policy"].setdefault(role, []).append(member)
+        self.state_file.write_text(json.dumps(state))
+
+    def run(self, script: str, *args: str, account: str | None = None, **settings: str) -> "CompletedProcess[str]":
+        import shutil
+        import subprocess
+
+        bash = shutil.which("bash")
+        assert bash, "bash is not installed"
+        return subprocess.run(
+            [bash, str(SCRIPTS / script), *args],
+            env=environment(self.bin_dir, self.state_file, account or self.owner, **settings),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def gcloud(self, *args: str, account: str | None = None) -> "CompletedProcess[str]":
+        """One command of the stand-in, as a script would run it."""
+        import subprocess
+
+        return subprocess.run(
+            ["gcloud", *args],
+            env=environment(self.bin_dir, self.state_file, account or self.owner),
+            capture_output=True,
+            text=True,
+        )
+
+    def calls(self, since: int = 0) -> list[list[str]]:
+        return [call["args"] for call in self.state["calls"][since:]]

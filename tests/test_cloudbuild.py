@@ -104,6 +104,18 @@ def command(build_step: dict[str, Any]) -> list[str]:
     return [*entrypoint, *(str(arg) for arg in build_step.get("args", []))]
 
 
+def deploy_arguments(config: dict[str, Any]) -> list[str]:
+    """The deploy step's gcloud command: bash -c SCRIPT deploy gcloud functions deploy ... runs it
+    as "$@", with the private path's flags added."""
+    words = command(step(config, "deploy"))
+    assert words[:2] == ["bash", "-c"] and words[3] == "deploy", words[:4]
+    return words[4:]
+
+
+def step_environment(build_step: dict[str, Any], values: dict[str, str]) -> dict[str, str]:
+    return dict(substitute(item, values).split("=", 1) for item in build_step.get("env", []))
+
+
 def strings(node: object) -> Iterator[str]:
     if isinstance(node, str):
         yield node
@@ -223,6 +235,9 @@ def test_every_project_specific_value_has_a_default(config: dict[str, Any]) -> N
         "_MEMORY",
         "_DB_POOL_SIZE",
         "_DB_MAX_OVERFLOW",
+        "_DB_IP_TYPE",
+        "_NETWORK",
+        "_SUBNET",
     }
     assert set(config["substitutions"]) == expected
     assert all(str(value) for value in config["substitutions"].values())
@@ -241,6 +256,7 @@ def test_the_migration_logs_in_as_the_migrator_through_the_connector(config: dic
         "INSTANCE_CONNECTION_NAME": "$PROJECT_ID:${_REGION}:${_INSTANCE}",
         "DB_IAM_USER": "${_MIGRATOR_SA}",
         "DB_NAME": "${_DB_NAME}",
+        "DB_IP_TYPE": "${_DB_IP_TYPE}",  # private: the connector dials the private IP
     }
     assert command(migrate)[-3:] == ["alembic", "upgrade", "head"]
     assert migrate["name"] == step(config, "install")["name"], "the venv is only valid in the image that made it"
@@ -266,7 +282,7 @@ def run_budget(arguments: list[str], **env: str) -> subprocess.CompletedProcess[
 
 
 def test_the_budget_step_checks_what_the_deploy_passes_as_the_migrator(config: dict[str, Any]) -> None:
-    budget, deploy = step(config, "connection-budget"), command(step(config, "deploy"))
+    budget, deploy = step(config, "connection-budget"), deploy_arguments(config)
     assert budget["env"] == step(config, "migrate")["env"], "connected exactly as the migration is"
     arguments = command(budget)
     assert flag(arguments, "--max-instances") == flag(deploy, "--max-instances") == "${_MAX_INSTANCES}"
@@ -306,13 +322,14 @@ def test_the_budget_reads_the_limit_from_the_server(config: dict[str, Any], data
 
 
 def test_the_function_runs_as_the_runtime_account(config: dict[str, Any]) -> None:
-    arguments = command(step(config, "deploy"))
+    arguments = deploy_arguments(config)
     assert arguments[:3] == ["gcloud", "functions", "deploy"]
     assert "--gen2" in arguments
     assert flag(arguments, "--service-account") == "${_RUNTIME_SA}"
     environment = dict(item.split("=", 1) for item in flag(arguments, "--set-env-vars").split(","))
     assert environment["DB_IAM_USER"] == "${_RUNTIME_SA}"
     assert environment["INSTANCE_CONNECTION_NAME"] == "$PROJECT_ID:${_REGION}:${_INSTANCE}"
+    assert environment["DB_IP_TYPE"] == "${_DB_IP_TYPE}"
     assert "DATABASE_URL" not in environment
     assert flag(arguments, "--concurrency") == "${_CONCURRENCY}"
     assert flag(arguments, "--min-instances") == "${_MIN_INSTANCES}"
@@ -324,7 +341,7 @@ def test_the_function_runs_as_the_runtime_account(config: dict[str, Any]) -> Non
 
 
 def test_the_deploy_entry_point_is_an_aio_http_function_in_main(config: dict[str, Any]) -> None:
-    arguments = command(step(config, "deploy"))
+    arguments = deploy_arguments(config)
     assert flag(arguments, "--source") == "."
     entry_point = flag(arguments, "--entry-point")
     tree = ast.parse((ROOT / "main.py").read_text())
@@ -563,27 +580,38 @@ class FrontEnd(http.server.ThreadingHTTPServer):
 
 
 def deploy_and_smoke_test(
-    config: dict[str, Any], folder: Path, state: dict[str, Any], upstream: str | list[int]
+    config: dict[str, Any],
+    folder: Path,
+    state: dict[str, Any],
+    upstream: str | list[int],
+    **substitutions: str,
 ) -> tuple[subprocess.CompletedProcess[str], FrontEnd]:
-    """The deploy step's gcloud command, then the smoke-test script, both as the migrator."""
+    """The deploy step, then the smoke-test script, both as the migrator."""
     tool("curl")  # the script's HTTP client, as in the cloud-sdk image
     state_file = folder / "state.json"
     state_file.write_text(json.dumps(state))
     bin_dir = fake_gcloud.install(folder)
-    values = default_values(config) | {"PROJECT_ID": PROJECT}
+    values = default_values(config) | {"PROJECT_ID": PROJECT} | substitutions
     front = FrontEnd(state_file, upstream)
     threading.Thread(target=front.serve_forever, daemon=True).start()
     try:
         with_uri = json.loads(state_file.read_text()) | {"function_uri": front.url}
         state_file.write_text(json.dumps(with_uri))
-        deploy = [substitute(argument, values) for argument in command(step(config, "deploy"))]
+        deploy_step = step(config, "deploy")
+        deploy = [substitute(argument, values) for argument in command(deploy_step)]
         environment = fake_gcloud.environment(bin_dir, state_file, MIGRATOR)
-        deployed = subprocess.run(deploy, env=environment, capture_output=True, text=True, timeout=60)
+        deployed = subprocess.run(
+            deploy,
+            env=environment | step_environment(deploy_step, values),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert deployed.returncode == 0, deployed.stderr
         smoke = step(config, "smoke-test")
         assert smoke["entrypoint"] == "bash" and smoke["args"][0] == "-c"
         script = substitute(smoke["args"][1], values)
-        settings = dict(substitute(item, values).split("=", 1) for item in smoke["env"])
+        settings = step_environment(smoke, values)
         result = subprocess.run(
             [tool("bash"), "-c", script], env=environment | settings, capture_output=True, text=True, timeout=120
         )
@@ -627,6 +655,27 @@ def test_deploy_then_smoke_test_read_a_table_through_the_front_end(
     assert calls == [["functions", "deploy"], ["functions", "describe"], ["auth", "print-identity-token"]]
     (function,) = state["functions"].values()
     assert function["service_account"] == RUNTIME.split(":", 1)[1]
+    assert function["network"] == {}, "the public path needs no VPC"
+    assert function["environment"]["DB_IP_TYPE"] == "public"
+
+
+def test_the_private_path_deploys_with_direct_vpc_egress_and_a_private_ip(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any]
+) -> None:
+    """_DB_IP_TYPE=private: the function's egress into the VPC, and the connector's ip_type private."""
+    result, _ = deploy_and_smoke_test(
+        config, tmp_path, bootstrapped, [200], _DB_IP_TYPE="private", _NETWORK="shared", _SUBNET="shared-eu"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (function,) = json.loads((tmp_path / "state.json").read_text())["functions"].values()
+    assert function["network"] == {
+        "network": "shared",
+        "subnet": "shared-eu",
+        "direct-vpc-egress": "private-ranges-only",  # Google APIs (the connector's Admin API calls) stay direct
+    }
+    assert function["environment"]["DB_IP_TYPE"] == "private"
+    migrate = step_environment(step(config, "migrate"), default_values(config) | {"_DB_IP_TYPE": "private"})
+    assert migrate["DB_IP_TYPE"] == "private"
 
 
 def test_the_build_fails_when_the_runtime_cannot_read_its_tables(

@@ -1,11 +1,14 @@
 """scripts/bootstrap.sh and scripts/teardown.sh against the stand-in gcloud (tests/fake_gcloud.py),
 which keeps a project's state and refuses what IAM would refuse: both are safe to run twice,
-bootstrap keeps an instance's other database flags, teardown asks before deleting the instance.
+bootstrap keeps an instance's other database flags and protects its data (backups, point-in-time
+recovery, deletion protection), its private path is complete, teardown asks before deleting the
+instance and only then lifts the protection.
 """
 
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import subprocess
@@ -16,43 +19,14 @@ from typing import Any
 import pytest
 
 from tests import fake_gcloud
+from tests.fake_gcloud import Project
 from tests.helpers import ROOT
 
 SCRIPTS = ROOT / "scripts"
 PROJECT = "demo-project"
-OWNER = "user:owner@example.com"
+OWNER = fake_gcloud.OWNER
 MIGRATOR_SA = f"migrator@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME_SA = f"projects-api@{PROJECT}.iam.gserviceaccount.com"
-
-
-class Project:
-    """A project's state file and the stand-in gcloud, for running the scripts as its Owner."""
-
-    def __init__(self, folder: Path, state: dict[str, Any] | None = None) -> None:
-        self.state_file = folder / "state.json"
-        self.state_file.write_text(json.dumps(state or fake_gcloud.new_state(PROJECT, OWNER)))
-        self.bin_dir = fake_gcloud.install(folder)
-
-    @property
-    def state(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.state_file.read_text())
-        return loaded
-
-    def update(self, **changes: Any) -> None:
-        self.state_file.write_text(json.dumps(self.state | changes))
-
-    def run(self, script: str, *args: str, account: str = OWNER) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [bash(), str(SCRIPTS / script), *args],
-            env=fake_gcloud.environment(self.bin_dir, self.state_file, account),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    def calls(self, since: int = 0) -> list[list[str]]:
-        return [call["args"] for call in self.state["calls"][since:]]
 
 
 def bash() -> str:
@@ -68,10 +42,10 @@ def project(tmp_path: Path) -> Project:
 
 @pytest.fixture(scope="module")
 def after_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The state bootstrap leaves in an empty project, plus the function the build deploys
-    (tests/test_cloudbuild.py runs that step through the stand-in)."""
+    """The state bootstrap leaves in an empty project, alerts included, plus the function the build
+    deploys (tests/test_cloudbuild.py runs that step through the stand-in)."""
     project = Project(tmp_path_factory.mktemp("bootstrap"))
-    result = project.run("bootstrap.sh")
+    result = project.run("bootstrap.sh", ALERT_EMAIL="oncall@example.com")
     assert result.returncode == 0, result.stdout + result.stderr
     state = project.state
     state["functions"]["projects-api"] = {"policy": {}, "region": "europe-west1", "service_account": RUNTIME_SA}
@@ -87,13 +61,16 @@ def creations(calls: list[list[str]]) -> list[list[str]]:
     return [args for args in calls if {"create", "patch", "add-iam-policy-binding", "delete", "enable"} & set(args)]
 
 
-@pytest.mark.parametrize("script", ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "deploy_settings.sh"])
+SCRIPT_NAMES = ["bootstrap.sh", "grant_roles.sh", "teardown.sh", "alerts.sh", "rollback.sh"]
+
+
+@pytest.mark.parametrize("script", [*SCRIPT_NAMES, "deploy_settings.sh"])
 def test_the_scripts_pass_bash_n(script: str) -> None:
     result = subprocess.run([bash(), "-n", str(SCRIPTS / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("script", ["bootstrap.sh", "grant_roles.sh", "teardown.sh"])
+@pytest.mark.parametrize("script", SCRIPT_NAMES)
 def test_help_and_a_wrong_argument_call_no_gcloud(project: Project, script: str) -> None:
     helped = project.run(script, "--help")
     assert helped.returncode == 0, helped.stderr
@@ -108,9 +85,13 @@ def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrap
     assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA}
     (instance,) = state["instances"].values()
     assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
+    assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
+    assert "private_network" not in instance and instance["public_ip"]
     assert "app" in instance["databases"]
     assert {f"migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
     assert {"sqladmin.googleapis.com", "iamcredentials.googleapis.com"} <= set(state["services"])
+    assert "compute.googleapis.com" not in state["services"], "the public path needs no Compute Engine API"
+    assert len(state["policies"]) == 4 and len(state["log_metrics"]) == 5, "ALERT_EMAIL: scripts/alerts.sh ran"
     before = len(state["calls"])
     again = bootstrapped.run("bootstrap.sh")
     assert again.returncode == 0, again.stderr
@@ -129,14 +110,70 @@ def test_bootstrap_turns_the_flag_on_and_keeps_an_instances_other_flags(project:
     project.update(instances={"projects-db": instance})
     result = project.run("bootstrap.sh")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert project.state["instances"]["projects-db"]["flags"] == flags | {"cloudsql.iam_authentication": "on"}
+    instance = project.state["instances"]["projects-db"]
+    assert instance["flags"] == flags | {"cloudsql.iam_authentication": "on"}
+    assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
+
+
+def test_the_private_path_bootstrap_builds_every_piece_and_a_second_run_changes_nothing(project: Project) -> None:
+    result = project.run("bootstrap.sh", DB_IP_TYPE="private", NETWORK="shared")
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = project.state
+    assert {"compute.googleapis.com", "servicenetworking.googleapis.com"} <= set(state["services"])
+    assert state["addresses"] == {"google-managed-services-shared": {"network": "shared", "prefix_length": 16}}
+    assert state["peerings"] == {"shared": ["google-managed-services-shared"]}
+    instance = state["instances"]["projects-db"]
+    assert instance["private_network"] == f"projects/{PROJECT}/global/networks/shared"
+    assert instance["public_ip"], "kept until the first build has passed: grant_roles.sh reaches it"
+    assert state["worker_pools"] == {"projects-api-builds": {"region": "europe-west1", "network": "shared"}}
+    submit = re.sub(r"\\\n\s*", " ", result.stdout)
+    assert (
+        f"--worker-pool=projects/{PROJECT}/locations/europe-west1/workerPools/projects-api-builds" in submit
+        and ",_DB_IP_TYPE=private,_NETWORK=shared,_SUBNET=shared" in submit
+    ), result.stdout
+    assert f"gcloud sql instances patch projects-db --project={PROJECT} --no-assign-ip" in result.stdout
+    before = len(state["calls"])
+    again = project.run("bootstrap.sh", DB_IP_TYPE="private", NETWORK="shared")
+    assert again.returncode == 0, again.stdout + again.stderr
+    changes = creations(project.calls(before))
+    assert all("add-iam-policy-binding" in args or "enable" in args for args in changes), changes
+    # the documented last step of the private path
+    closing = project.gcloud("sql", "instances", "patch", "projects-db", f"--project={PROJECT}", "--no-assign-ip")
+    assert closing.returncode == 0, closing.stderr
+    assert not project.state["instances"]["projects-db"]["public_ip"]
+    teardown = project.run("teardown.sh", "--yes", DB_IP_TYPE="private", NETWORK="shared")
+    assert teardown.returncode == 0, teardown.stdout + teardown.stderr
+    assert project.state["worker_pools"] == {} and project.state["instances"] == {}
+
+
+def test_the_private_path_adds_a_private_ip_to_an_existing_public_instance(bootstrapped: Project) -> None:
+    assert "private_network" not in bootstrapped.state["instances"]["projects-db"]
+    private = bootstrapped.run("bootstrap.sh", DB_IP_TYPE="private")
+    assert private.returncode == 0, private.stdout + private.stderr
+    instance = bootstrapped.state["instances"]["projects-db"]
+    assert instance["private_network"] == f"projects/{PROJECT}/global/networks/default"
+    assert instance["public_ip"]
+
+
+def test_a_wrong_ip_type_or_backup_time_stops_bootstrap_before_any_change(project: Project) -> None:
+    for settings in ({"DB_IP_TYPE": "internal"}, {"BACKUP_START_TIME": "25:00"}):
+        result = project.run("bootstrap.sh", **settings)
+        assert result.returncode == 1
+        assert next(iter(settings)) in result.stderr
+    assert creations(project.calls()) == []
 
 
 def test_teardown_deletes_everything_bootstrap_made_and_a_second_run_finds_nothing(bootstrapped: Project) -> None:
+    started = len(bootstrapped.state["calls"])
     result = bootstrapped.run("teardown.sh", "--yes")
     assert result.returncode == 0, result.stdout + result.stderr
     state = bootstrapped.state
     assert state["functions"] == {} and state["instances"] == {} and state["service_accounts"] == {}
+    calls = bootstrapped.calls(started)
+    sql_calls = [args[2] for args in calls if args[:2] == ["sql", "instances"] and args[2] != "describe"]
+    assert sql_calls == ["patch", "delete"], "deletion protection is lifted just before the delete"
+    assert state["policies"] == {} and state["log_metrics"] == {}
+    assert len(state["channels"]) == 1, "the e-mail channel is listed, not deleted: other policies may use it"
     members = {member for members in state["project_policy"].values() for member in members}
     assert members == {OWNER}, members  # no binding of the service accounts is left, deleted or not
     before = len(state["calls"])
@@ -153,6 +190,11 @@ def test_teardown_without_a_terminal_keeps_the_instance_unless_told_yes(bootstra
     state = bootstrapped.state
     assert set(state["instances"]) == {"projects-db"}
     assert state["functions"] == {} and state["service_accounts"] == {}
+    # Still protected: a delete is refused (the stand-in refuses it as Cloud SQL does).
+    assert state["instances"]["projects-db"]["deletion_protection"]
+    assert not any("--no-deletion-protection" in args for args in bootstrapped.calls())
+    refused = bootstrapped.gcloud("sql", "instances", "delete", "projects-db", f"--project={PROJECT}", "--quiet")
+    assert refused.returncode == 1 and "deletion protection" in refused.stderr
 
 
 def test_teardown_removes_the_bindings_a_deleted_service_account_left(bootstrapped: Project) -> None:
