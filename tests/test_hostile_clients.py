@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, error_locations, unique
 
 # --- entity tags ------------------------------------------------------------------------------------
 
@@ -48,3 +48,22 @@ async def test_a_long_list_of_tags_still_finds_the_current_one(client: httpx.Asy
     assert (await client.get(url, headers={"If-None-Match": f"{others}, W/{current}"})).status_code == 304
     patched = await client.patch(url, json={"title": "y"}, headers={"If-Match": f"{others}, {current}"})
     assert patched.status_code == 200
+
+
+# --- Idempotency-Key --------------------------------------------------------------------------------
+
+
+async def test_an_idempotency_key_with_an_empty_body_answers_as_without_it(
+    client: httpx.AsyncClient, project: dict[str, Any]
+) -> None:
+    json_type = {"content-type": "application/json"}
+    for url in ["/v1/projects", f"/v1/projects/{project['id']}/tasks"]:
+        without = await client.post(url, content=b"", headers=json_type)
+        keyed = await client.post(url, content=b"", headers=json_type | {"Idempotency-Key": unique("empty")})
+        assert assert_problem(keyed, 422)["errors"] == assert_problem(without, 422)["errors"]
+
+
+async def test_two_idempotency_keys_are_refused(client: httpx.AsyncClient) -> None:
+    headers = [("Idempotency-Key", unique("a")), ("Idempotency-Key", unique("b"))]
+    response = await client.post("/v1/projects", json={"name": unique()}, headers=headers)
+    assert ["header", "idempotency-key"] in error_locations(assert_problem(response, 422))
