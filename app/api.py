@@ -29,7 +29,8 @@ JSON in and out. Every error is an RFC 9457 `application/problem+json` document 
 
 - **Concurrency:** single resources carry a strong `ETag`; send it as `If-Match` on PATCH and
   DELETE (a stale one gives 412), or as `If-None-Match` on GET (304 while unchanged).
-- **Pages:** lists are newest first; pass `next_cursor` back as `cursor` until it is null.
+- **Pages:** lists are newest first; pass `next_cursor` back as `cursor`, with the same filters,
+  until it is null.
 - **Safe retries:** POST takes an `Idempotency-Key`: a repeat within 24 hours replays the first answer.
 - **Identity:** with authentication on, send an ID token as `Authorization: Bearer <token>`.
 """

@@ -2,13 +2,15 @@
 log line or a wrong answer. In-process through the ASGI app, and, where the server or Google's
 runtime decides, against the real `functions-framework --target=api` on loopback."""
 
+import base64
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.helpers import assert_problem, error_locations, unique
+from app.core.pagination import CURSOR_LAYOUT
+from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
 # --- entity tags ------------------------------------------------------------------------------------
 
@@ -67,3 +69,65 @@ async def test_two_idempotency_keys_are_refused(client: httpx.AsyncClient) -> No
     headers = [("Idempotency-Key", unique("a")), ("Idempotency-Key", unique("b"))]
     response = await client.post("/v1/projects", json={"name": unique()}, headers=headers)
     assert ["header", "idempotency-key"] in error_locations(assert_problem(response, 422))
+
+
+# --- cursors ----------------------------------------------------------------------------------------
+
+
+async def _first_cursor(client: httpx.AsyncClient, url: str, **params: Any) -> str:
+    page = (await client.get(url, params={"limit": 1} | params)).json()
+    assert page["next_cursor"], page
+    cursor: str = page["next_cursor"]
+    return cursor
+
+
+def _with_timestamp(cursor: str, microseconds: int) -> str:
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    binding, _, row_id = CURSOR_LAYOUT.unpack(raw)
+    return base64.urlsafe_b64encode(CURSOR_LAYOUT.pack(binding, microseconds, row_id)).decode().rstrip("=")
+
+
+async def test_a_cursor_at_the_edge_of_the_calendar_is_422(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
+    edge = base64.urlsafe_b64encode(f"0001-01-01T00:00:00+23:59|{MISSING_ID}".encode()).decode().rstrip("=")
+    tasks_url = f"/v1/projects/{project['id']}/tasks"
+    for _ in range(2):
+        await client.post(tasks_url, json={"title": "t"})
+    issued = await _first_cursor(client, tasks_url)
+    for url, cursor in [
+        ("/v1/projects", edge),
+        (tasks_url, edge),
+        (tasks_url, _with_timestamp(issued, 2**63 - 1)),
+        (tasks_url, _with_timestamp(issued, -(2**63))),
+    ]:
+        response = await client.get(url, params={"cursor": cursor})
+        assert ["query", "cursor"] in error_locations(assert_problem(response, 422)), cursor
+
+
+async def test_a_cursor_is_bound_to_its_list_and_filters(client: httpx.AsyncClient) -> None:
+    marker = unique("bound")
+    first, second = [(await client.post("/v1/projects", json={"name": f"{marker}-{n}"})).json() for n in range(2)]
+    for project in (first, second):
+        for status in ["todo", "todo", "done", "done"]:
+            await client.post(f"/v1/projects/{project['id']}/tasks", json={"title": "t", "status": status})
+    first_tasks, second_tasks = (f"/v1/projects/{p['id']}/tasks" for p in (first, second))
+    projects_cursor = await _first_cursor(client, "/v1/projects", q=marker)
+    tasks_cursor = await _first_cursor(client, first_tasks)
+    done_cursor = await _first_cursor(client, first_tasks, status="done")
+    for url, params in [
+        (first_tasks, {"cursor": projects_cursor}),  # another list
+        ("/v1/projects", {"cursor": tasks_cursor}),
+        ("/v1/projects", {"cursor": projects_cursor}),  # the same list without its filter
+        ("/v1/projects", {"cursor": projects_cursor, "q": marker + "x"}),
+        (second_tasks, {"cursor": tasks_cursor}),  # another project's tasks
+        (first_tasks, {"cursor": done_cursor}),
+        (first_tasks, {"cursor": done_cursor, "status": "todo"}),
+        (first_tasks, {"cursor": tasks_cursor, "status": "done"}),
+    ]:
+        response = await client.get(url, params=params)
+        assert ["query", "cursor"] in error_locations(assert_problem(response, 422)), (url, params)
+    for url, params in [
+        ("/v1/projects", {"cursor": projects_cursor, "q": marker}),
+        (first_tasks, {"cursor": tasks_cursor}),
+        (first_tasks, {"cursor": done_cursor, "status": "done"}),
+    ]:
+        assert (await client.get(url, params=params)).status_code == 200, (url, params)
