@@ -131,3 +131,40 @@ async def test_a_cursor_is_bound_to_its_list_and_filters(client: httpx.AsyncClie
         (first_tasks, {"cursor": done_cursor, "status": "done"}),
     ]:
         assert (await client.get(url, params=params)).status_code == 200, (url, params)
+
+
+# --- bodies -----------------------------------------------------------------------------------------
+
+NOT_JSON_BODIES = [
+    b'{"name": "trunc',  # truncated
+    b'{"name": "\xff"}',  # not UTF-8
+    '{"name": "utf16"}'.encode("utf-16"),  # UTF-16 with its byte order mark
+    '{"name": "utf16"}'.encode("utf-16-le"),
+    '{"name": "utf32"}'.encode("utf-32"),
+    b'\xef\xbb\xbf{"name": "bom"}',  # UTF-8 with a byte order mark
+    b'{"name": "\xed\xa0\x80"}',  # an encoded surrogate: not UTF-8
+    b'{"name": NaN}',
+    b"[" * 100_000 + b"]" * 100_000,  # nested past json's recursion limit
+]
+
+
+@pytest.mark.parametrize("body", NOT_JSON_BODIES)
+async def test_every_body_that_is_not_utf8_json_gets_one_problem(client: httpx.AsyncClient, body: bytes) -> None:
+    response = await client.post("/v1/projects", content=body, headers={"content-type": "application/json"})
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == "the body is not valid JSON"
+    assert problem["errors"] == [{"loc": ["body"], "msg": "send one UTF-8 JSON document", "type": "json_invalid"}]
+
+
+@pytest.mark.parametrize("due_date", [0, 1700000000, 1.5, "2027-03-01T00:00:00", "20270301", "2027-3-1", True])
+async def test_a_due_date_is_an_iso_date_only(
+    client: httpx.AsyncClient, project: dict[str, Any], due_date: object
+) -> None:
+    url = f"/v1/projects/{project['id']}/tasks"
+    assert ["body", "due_date"] in error_locations(
+        assert_problem(await client.post(url, json={"title": "t", "due_date": due_date}), 422)
+    )
+    task = (await client.post(url, json={"title": "t", "due_date": "2027-03-01"})).json()
+    assert task["due_date"] == "2027-03-01"
+    patched = await client.patch(f"/v1/tasks/{task['id']}", json={"due_date": due_date})
+    assert ["body", "due_date"] in error_locations(assert_problem(patched, 422))

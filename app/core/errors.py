@@ -97,6 +97,12 @@ def not_found(resource_name: str, resource_id: uuid.UUID) -> NotFound:
     return NotFound(f"{resource_name} {resource_id} does not exist")
 
 
+def invalid_json() -> InvalidRequest:
+    """One answer for every body that is not a JSON document: truncated, not UTF-8, NaN, ..."""
+    error = {"loc": ["body"], "msg": "send one UTF-8 JSON document", "type": "json_invalid"}
+    return InvalidRequest("the body is not valid JSON", errors=[error])
+
+
 def response_for(request: Request, problem: ProblemError) -> JSONResponse:
     request_id: str | None = getattr(request.state, "request_id", None)
     document = ProblemDocument(
@@ -128,15 +134,16 @@ def _public_error(error: Any) -> dict[str, Any]:
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [_public_error(error) for error in exc.errors()]
+    if any(error["type"] == "json_invalid" for error in errors):  # FastAPI's own JSON decode error
+        return response_for(request, invalid_json())
     return response_for(request, InvalidRequest("the request has invalid or missing fields", errors=errors))
 
 
 async def http_problem(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors: unknown route (404), wrong method (405, keeps `Allow`), 413, 400."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # a body FastAPI could not decode
-        error = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
-        return response_for(request, InvalidRequest("the body is not valid JSON", errors=[error]))
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):  # a body FastAPI
+        return response_for(request, invalid_json())  # could not decode: not UTF-8, or nested too deep
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else f"{phrase}: {request.method} {request.url.path}"
     problem = ProblemError(detail, headers=dict(exc.headers) if exc.headers else None)
