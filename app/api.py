@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
         root_path=settings.root_path,
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header; 404 instead
     )
     app.state.settings = settings
     app.state.database = Database(settings)

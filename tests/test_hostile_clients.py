@@ -168,3 +168,43 @@ async def test_a_due_date_is_an_iso_date_only(
     assert task["due_date"] == "2027-03-01"
     patched = await client.patch(f"/v1/tasks/{task['id']}", json={"due_date": due_date})
     assert ["body", "due_date"] in error_locations(assert_problem(patched, 422))
+
+
+# --- HTTP details -----------------------------------------------------------------------------------
+
+
+async def test_405_lists_every_method_of_the_path(client: httpx.AsyncClient, task: dict[str, Any]) -> None:
+    for method, url, allowed in [
+        ("PUT", f"/v1/projects/{task['project_id']}", "DELETE, GET, HEAD, PATCH"),
+        ("PUT", f"/v1/tasks/{task['id']}", "DELETE, GET, HEAD, PATCH"),
+        ("DELETE", "/v1/projects", "GET, HEAD, POST"),
+        ("OPTIONS", f"/v1/projects/{task['project_id']}/tasks", "GET, HEAD, POST"),
+        ("POST", "/healthz", "GET, HEAD"),
+    ]:
+        response = await client.request(method, url)
+        assert_problem(response, 405)
+        assert response.headers["allow"] == allowed, (method, url)
+
+
+async def test_head_answers_as_get_without_a_body(client: httpx.AsyncClient, task: dict[str, Any]) -> None:
+    for url in [f"/v1/tasks/{task['id']}", f"/v1/projects/{task['project_id']}/tasks", "/healthz", "/openapi.json"]:
+        got, head = await client.get(url), await client.head(url)
+        assert (head.status_code, head.content) == (200, b""), url
+        for header in ["content-type", "content-length", "etag"]:
+            assert head.headers.get(header) == got.headers.get(header), (url, header)
+    assert (await client.head(f"/v1/tasks/{MISSING_ID}")).status_code == 404
+
+
+async def test_204_and_304_carry_no_content_type(client: httpx.AsyncClient, task: dict[str, Any]) -> None:
+    url = f"/v1/tasks/{task['id']}"
+    not_modified = await client.get(url, headers={"If-None-Match": (await client.get(url)).headers["etag"]})
+    deleted = await client.delete(url)
+    for response, status in [(not_modified, 304), (deleted, 204)]:
+        assert response.status_code == status
+        assert "content-type" not in response.headers and response.content == b""
+
+
+async def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_host(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/projects/", headers={"Host": "evil.example"})
+    assert_problem(response, 404)
+    assert "location" not in response.headers

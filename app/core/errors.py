@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -139,14 +140,34 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     return response_for(request, InvalidRequest("the request has invalid or missing fields", errors=errors))
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """`Allow` for a 405: every method some route takes on this path (Starlette names only the
+    first route's), found by asking the routes; HEAD wherever GET is (the middleware answers it)."""
+    routes = request.app.router.routes
+    allowed = {
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(sorted(allowed))
+
+
 async def http_problem(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors: unknown route (404), wrong method (405, keeps `Allow`), 413, 400."""
+    """Starlette's own errors: unknown route (404), wrong method (405, with `Allow`), 413, 400."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):  # a body FastAPI
         return response_for(request, invalid_json())  # could not decode: not UTF-8, or nested too deep
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else f"{phrase}: {request.method} {request.url.path}"
-    problem = ProblemError(detail, headers=dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    problem = ProblemError(detail, headers=headers or None)
     problem.status, problem.title = exc.status_code, phrase
     return response_for(request, problem)
 

@@ -17,7 +17,8 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 class RequestContextMiddleware:
-    """Echo a sane `X-Request-ID` (or make one); set the context logs carry; write the access log.
+    """Echo a sane `X-Request-ID` (or make one); set the context logs carry; answer HEAD as GET
+    without the body; write the access log.
 
     The context variable is deliberately not reset on the way out: the 500 handler runs after
     this middleware has returned, and its log line must still name the request. Each request
@@ -39,6 +40,7 @@ class RequestContextMiddleware:
         execution_id = headers.get("function-execution-id")
         current_request.set(RequestContext(request_id, execution_id, trace_id, span_id))
         started, status, response_size = time.perf_counter(), 500, 0
+        head = scope["method"] == "HEAD"
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_size
@@ -46,11 +48,13 @@ class RequestContextMiddleware:
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             elif message["type"] == "http.response.body":
+                if head:  # the GET's headers (Content-Length included), no body; the server sends none either
+                    message = {**message, "body": b""}
                 response_size += len(message.get("body", b""))
             await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_id)
+        try:  # HEAD is GET for the app: a copy of the scope, so the server still knows to send no body
+            await self.app({**scope, "method": "GET"} if head else scope, receive, send_with_id)
         finally:  # an error escaping here is answered with a 500 by the server error handler
             log_access(scope, status, response_size, time.perf_counter() - started)
 
