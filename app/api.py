@@ -12,7 +12,7 @@ from app.core.database import Database
 from app.core.db_errors import install_database_handlers
 from app.core.errors import install_problem_handlers
 from app.core.logs import configure_logging
-from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import install_openapi, problem_responses
 from app.core.settings import Settings, get_settings
 from app.projects.routes import router as projects_router
@@ -69,8 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = Database(settings)
     install_problem_handlers(app)
     install_database_handlers(app)
-    # Middleware runs in the reverse order of adding: request context, then authentication, then size.
-    app.add_middleware(BodySizeLimitMiddleware)
+    # Middleware runs in the reverse order of adding: request context (head limits, HEAD, access log),
+    # then authentication, then body limits.
+    app.add_middleware(BodyLimitMiddleware)
     verifier = build_verifier(settings)
     if verifier is not None:
         app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=settings.allowed_principals)

@@ -3,13 +3,18 @@ log line or a wrong answer. In-process through the ASGI app, and, where the serv
 runtime decides, against the real `functions-framework --target=api` on loopback."""
 
 import base64
+import socket
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from app.core.middleware import MAX_HEADER_BYTES, MAX_TARGET_BYTES
 from app.core.pagination import CURSOR_LAYOUT
+from tests.function_server import FunctionServer
 from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
 # --- entity tags ------------------------------------------------------------------------------------
@@ -208,3 +213,100 @@ async def test_a_trailing_slash_is_a_404_never_a_redirect_built_from_host(client
     response = await client.get("/v1/projects/", headers={"Host": "evil.example"})
     assert_problem(response, 404)
     assert "location" not in response.headers
+
+
+# --- request heads and bodies, and the served function --------------------------------------------
+
+
+@pytest.fixture
+def served(served_hardened: FunctionServer) -> FunctionServer:
+    return served_hardened
+
+
+def _port(server: FunctionServer) -> int:
+    return int(server.base_url.rsplit(":", 1)[1])
+
+
+def _exchange(server: FunctionServer, head: bytes, body_chunks: tuple[bytes, ...] = (), pause_s: float = 0) -> bytes:
+    """Send a raw request (the head, then each chunk after `pause_s`); return the response."""
+    with socket.create_connection(("127.0.0.1", _port(server)), timeout=10) as connection:
+        connection.sendall(head)
+        try:
+            for chunk in body_chunks:
+                time.sleep(pause_s)
+                connection.sendall(chunk)
+        except OSError:
+            pass  # the server may already have answered and closed
+        received = b""
+        while not _complete(received) and (chunk := connection.recv(65536)):
+            received += chunk
+        return received
+
+
+def _complete(response: bytes) -> bool:
+    head, separator, body = response.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return bool(separator) and bool(lengths) and len(body) >= int(lengths[0])
+
+
+def _status(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
+def _access_lines(server: FunctionServer, request_id: str) -> list[dict[str, Any]]:
+    return [e for e in server.json_logs() if e.get("logger") == "app.access" and e.get("request_id") == request_id]
+
+
+def _wait_for(condition: Callable[[], Any], timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+async def test_headers_over_the_limit_are_a_431_problem_read_by_nobody(client: httpx.AsyncClient) -> None:
+    request_id = unique("big")
+    response = await client.get(
+        "/v1/projects", headers={"X-Request-ID": request_id, "X-Padding": "x" * (MAX_HEADER_BYTES + 1)}
+    )
+    assert_problem(response, 431)
+    assert response.headers["x-request-id"] != request_id  # no header of the request was read
+    many = [(f"x-h{n}", "1") for n in range(200)]
+    assert_problem(await client.get("/v1/projects", headers=many), 431)
+
+
+async def test_a_target_over_the_limit_is_a_414_problem(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/v1/projects", params={"q": "x" * MAX_TARGET_BYTES}), 414)
+
+
+@pytest.mark.parametrize(("length", "status"), [(b"\xb2", 201), (b"1" * 5000, 413), (b"+5", 201), (b"-1", 201)])
+async def test_an_impossible_content_length_is_no_500(client: httpx.AsyncClient, length: bytes, status: int) -> None:
+    body = b'{"name": "%s"}' % unique("length").encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", length)]
+    response = await client.post("/v1/projects", content=body, headers=headers)
+    assert response.status_code == status, response.text  # read as sent (the server, not the app, checks it)
+
+
+def test_a_huge_header_is_a_431_problem_and_the_worker_answers_right_after(served: FunctionServer) -> None:
+    # The server reads the whole head before the app sees it (see README); the app keeps no copy of it.
+    head = b"GET /v1/projects HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"u" * (10 * 1024 * 1024) + b"\r\n\r\n"
+    answer = _exchange(served, head)
+    assert _status(answer) == 431 and b"application/problem+json" in answer
+    started = time.monotonic()
+    assert httpx.get(f"{served.base_url}/healthz", timeout=10).status_code == 200
+    assert time.monotonic() - started < 1  # a liveness bound, not a speed target
+
+
+def test_a_body_that_never_comes_is_a_408_problem_and_the_connection_closes(served: FunctionServer) -> None:
+    head = b"POST /v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n"
+    started = time.monotonic()
+    answer = _exchange(served, head)
+    assert _status(answer) == 408 and b"application/problem+json" in answer
+    assert b"connection: close" in answer.lower()
+    assert time.monotonic() - started < 8
+
+
+def test_a_body_sent_too_slowly_is_a_408_problem(served: FunctionServer) -> None:
+    head = b"POST /v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
+    answer = _exchange(served, head, (b"{",) * 20, pause_s=0.2)
+    assert _status(answer) == 408

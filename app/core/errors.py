@@ -158,7 +158,7 @@ def allowed_methods(request: Request) -> str:
 
 
 async def http_problem(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors: unknown route (404), wrong method (405, with `Allow`), 413, 400."""
+    """Starlette's own errors: unknown route (404), wrong method (405, with `Allow`), 413, 408, 400."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):  # a body FastAPI
         return response_for(request, invalid_json())  # could not decode: not UTF-8, or nested too deep
