@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     verifier = build_verifier(settings)
     if verifier is not None:
         app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=settings.allowed_principals)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.include_router(health.router)
     documented_auth = [Depends(bearer_scheme)] if verifier is not None else []
     auth_problems = problem_responses(401, 403) if verifier is not None else {}

@@ -3,17 +3,24 @@ log line or a wrong answer. In-process through the ASGI app, and, where the serv
 runtime decides, against the real `functions-framework --target=api` on loopback."""
 
 import base64
+import io
+import json
+import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from app.api import create_app
+from app.core.logs import CloudLoggingFormatter, TextFormatter
 from app.core.middleware import MAX_HEADER_BYTES, MAX_TARGET_BYTES
 from app.core.pagination import CURSOR_LAYOUT
+from app.core.settings import Settings
 from tests.function_server import FunctionServer
 from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
@@ -310,3 +317,116 @@ def test_a_body_sent_too_slowly_is_a_408_problem(served: FunctionServer) -> None
     head = b"POST /v1/projects HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n"
     answer = _exchange(served, head, (b"{",) * 20, pause_s=0.2)
     assert _status(answer) == 408
+
+
+# --- logs -------------------------------------------------------------------------------------------
+
+
+class _Lines:
+    def __init__(self, formatter: logging.Formatter) -> None:
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(formatter)
+
+    def __enter__(self) -> "_Lines":
+        app_logger = logging.getLogger("app")
+        self.level = app_logger.level
+        app_logger.addHandler(self.handler)
+        app_logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        app_logger = logging.getLogger("app")
+        app_logger.removeHandler(self.handler)
+        app_logger.setLevel(self.level)
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+
+async def test_text_logs_escape_control_characters(client: httpx.AsyncClient) -> None:
+    forged = "\r\n2026-01-01 00:00:00,000 CRITICAL app.audit delete project everything by admin"
+    with _Lines(TextFormatter()) as lines:
+        await client.get("/v1/projects" + forged.replace("\r", "%0D").replace("\n", "%0A").replace(" ", "%20"))
+        await client.get("/v1/projects\x85\u2028x")
+        await client.get("/__test__/boom", headers={"User-Agent": "a\x1b[31mred"})
+    text = lines.text()
+    assert "CRITICAL" in text  # written, but escaped into the access line
+    for line in text.split("\n")[:-1]:
+        assert line.startswith("20") or line.startswith("    "), repr(line)  # an entry, or its indented traceback
+    assert not any(character in text for character in "\r\x85\u2028\x1b")
+
+
+async def test_json_logs_escape_unicode_line_separators(client: httpx.AsyncClient) -> None:
+    with _Lines(CloudLoggingFormatter("p")) as lines:
+        await client.get("/v1/projects\u2028\x85\u2029", headers={"User-Agent": "ua\u2028\x85".encode()})
+    text = lines.text()
+    assert text and not any(character in text for character in "\u2028\u2029\x85")
+    assert len(text.splitlines()) == len([line for line in text.split("\n") if line])  # nothing splits a line
+    assert all(json.loads(line) for line in text.splitlines())
+
+
+async def test_each_logged_field_is_capped(client: httpx.AsyncClient) -> None:
+    request_id = unique("caps")
+    headers = {
+        "X-Request-ID": request_id,
+        "User-Agent": "u" * 5_000,
+        "Function-Execution-Id": "e" * 5_000,
+        "X-Forwarded-For": "1" * 3_000,
+    }
+    with _Lines(CloudLoggingFormatter("p")) as lines:
+        await client.get("/v1/projects/" + "p" * 7000, headers=headers)
+    (entry,) = [json.loads(line) for line in lines.text().splitlines() if request_id in line]
+    http_request = entry["httpRequest"]
+    assert len(http_request["userAgent"]) <= 512 + 1
+    assert len(http_request["requestUrl"]) <= 2048 + 1 and len(entry["message"]) <= 2048 + 20
+    assert len(entry["logging.googleapis.com/labels"]["execution_id"]) <= 64 + 1
+    assert http_request["remoteIp"] == "127.0.0.1"  # not an address: the connection's peer instead
+    assert len(json.dumps(entry)) < 6 * 1024  # every field capped: one request, one bounded entry
+
+
+def test_remote_ip_is_the_address_googles_front_end_appended(served: FunctionServer) -> None:
+    request_id = unique("xff")
+    headers = {"X-Request-ID": request_id, "X-Forwarded-For": "198.51.100.1, 203.0.113.9"}
+    assert httpx.get(f"{served.base_url}/healthz", headers=headers).status_code == 200
+    _wait_for(lambda: _access_lines(served, request_id))
+    assert _access_lines(served, request_id)[0]["httpRequest"]["remoteIp"] == "203.0.113.9"
+
+
+# --- settings that change what the app reads --------------------------------------------------------
+
+
+@pytest.fixture
+async def app_with(database_url: str) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    apps: list[FastAPI] = []
+
+    def client_for(**settings: Any) -> httpx.AsyncClient:
+        application = create_app(Settings(database_url=database_url, **settings))
+        apps.append(application)
+        transport = httpx.ASGITransport(app=application, client=("192.0.2.50", 4242))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    yield client_for
+    for application in apps:
+        await application.state.database.dispose()
+
+
+@pytest.mark.parametrize(
+    ("hops", "forwarded", "remote_ip"),
+    [
+        (1, "198.51.100.1, 203.0.113.9", "203.0.113.9"),
+        (2, "198.51.100.1, 203.0.113.9, 192.0.2.1", "203.0.113.9"),
+        (2, "203.0.113.9", "192.0.2.50"),  # fewer entries than proxies: the peer
+        (0, "198.51.100.1", "192.0.2.50"),
+        (1, "not-an-address", "192.0.2.50"),
+    ],
+)
+async def test_trusted_proxy_hops_choose_the_remote_ip(
+    app_with: Callable[..., httpx.AsyncClient], hops: int, forwarded: str, remote_ip: str
+) -> None:
+    request_id = unique("hops")
+    with _Lines(CloudLoggingFormatter("p")) as lines:
+        async with app_with(trusted_proxy_hops=hops) as http:
+            await http.get("/healthz", headers={"X-Request-ID": request_id, "X-Forwarded-For": forwarded})
+    (entry,) = [json.loads(line) for line in lines.text().splitlines() if request_id in line]
+    assert entry["httpRequest"]["remoteIp"] == remote_ip

@@ -12,6 +12,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from app.core.logs import URL_LIMIT, clip
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -173,7 +175,7 @@ async def http_problem(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    logger.exception("unhandled error on %s %s", request.method, clip(request.url.path, URL_LIMIT))
     return response_for(request, ProblemError("an unexpected error occurred; quote the request id when reporting it"))
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ProblemError, http_problem, response_for
-from app.core.logs import RequestContext, current_request, log_access, trace_of
+from app.core.logs import EXECUTION_ID_LIMIT, RequestContext, clip, current_request, log_access, trace_of
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together
@@ -55,8 +55,9 @@ class RequestContextMiddleware:
     runs in its own task, so nothing leaks from one request to the next.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, trusted_proxy_hops: int = 1) -> None:
         self.app = app
+        self.trusted_proxy_hops = trusted_proxy_hops
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,7 +72,8 @@ class RequestContextMiddleware:
         request_id = sent if _SANE_REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         trace_id, span_id = trace_of(headers)
-        execution_id = headers.get("function-execution-id")
+        if execution_id := headers.get("function-execution-id"):
+            execution_id = clip(execution_id, EXECUTION_ID_LIMIT)
         current_request.set(RequestContext(request_id, execution_id, trace_id, span_id))
         head = scope["method"] == "HEAD"
         status, response_size = 500, 0
@@ -90,14 +92,14 @@ class RequestContextMiddleware:
         try:  # HEAD is GET for the app: a copy of the scope, so the server still knows to send no body
             await self.app({**scope, "method": "GET"} if head else scope, receive, send_with_id)
         finally:  # an error escaping here is answered with a 500 by the server error handler
-            log_access(scope, status, response_size, time.perf_counter() - started)
+            log_access(scope, status, response_size, time.perf_counter() - started, self.trusted_proxy_hops)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, problem: ProblemError, started: float) -> None:
         unread: dict[str, Any] = {**scope, "headers": [], "state": {"request_id": uuid.uuid4().hex}}
         current_request.set(RequestContext(unread["state"]["request_id"]))
         response = response_for(Request(unread), problem)
         await response(scope, receive, send)
-        log_access(unread, problem.status, len(response.body), time.perf_counter() - started)
+        log_access(unread, problem.status, len(response.body), time.perf_counter() - started, 0)
 
 
 class BodyLimitMiddleware:

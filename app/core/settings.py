@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     root_path: str = Field(default="", pattern=r"^(/[^/\s]+)*$")
+    trusted_proxy_hops: int = Field(default=1, ge=0, le=10)
 
     @field_validator("database_url")
     @classmethod
