@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 
 from app.core import health
 from app.core.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
+from app.core.cors import ProblemCORSMiddleware
 from app.core.database import Database
 from app.core.db_errors import install_database_handlers
 from app.core.errors import install_problem_handlers
@@ -70,11 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_database_handlers(app)
     # Middleware runs in the reverse order of adding: request context (head limits, HEAD, access log),
-    # then authentication, then body limits.
+    # then CORS (before authentication: preflights carry no token), authentication, body limits.
     app.add_middleware(BodyLimitMiddleware)
     verifier = build_verifier(settings)
     if verifier is not None:
         app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=settings.allowed_principals)
+    if settings.cors_origins:
+        app.add_middleware(ProblemCORSMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.include_router(health.router)
     documented_auth = [Depends(bearer_scheme)] if verifier is not None else []

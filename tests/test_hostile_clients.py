@@ -23,6 +23,7 @@ from app.core.pagination import CURSOR_LAYOUT
 from app.core.settings import Settings
 from tests.function_server import FunctionServer
 from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
+from tests.identity_fakes import AUDIENCE, Issuer
 
 # --- entity tags ------------------------------------------------------------------------------------
 
@@ -430,3 +431,65 @@ async def test_trusted_proxy_hops_choose_the_remote_ip(
             await http.get("/healthz", headers={"X-Request-ID": request_id, "X-Forwarded-For": forwarded})
     (entry,) = [json.loads(line) for line in lines.text().splitlines() if request_id in line]
     assert entry["httpRequest"]["remoteIp"] == remote_ip
+
+
+# --- CORS -------------------------------------------------------------------------------------------
+
+
+async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    assert_problem(await client.options("/v1/projects", headers=preflight), 405)
+    response = await client.get("/v1/projects", headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cors_serves_the_allowed_origins_only(app_with: Callable[..., httpx.AsyncClient]) -> None:
+    async with app_with(cors_allowed_origins="https://app.example, http://localhost:5173") as http:
+        preflight = await http.options(
+            "/v1/projects",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        refused = await http.options(
+            "/v1/projects", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert_problem(refused, 400)
+        simple = await http.get("/v1/projects", headers={"Origin": "https://app.example"})
+        assert simple.headers["access-control-allow-origin"] == "https://app.example"
+        assert "etag" in simple.headers["access-control-expose-headers"].lower()
+        other = await http.get("/v1/projects", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_cors_preflights_pass_before_authentication(
+    app_with: Callable[..., httpx.AsyncClient], issuer: Issuer
+) -> None:
+    settings = {"auth_mode": "google", "auth_audience": AUDIENCE, "oidc_jwks_url": issuer.jwks_url}
+    async with app_with(cors_allowed_origins="https://app.example", **settings) as http:
+        preflight = await http.options(
+            "/v1/projects",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+        )
+        assert preflight.status_code == 200  # a browser sends no token with it
+        refused = await http.get("/v1/projects", headers={"Origin": "https://app.example"})
+        assert_problem(refused, 401)
+        assert refused.headers["access-control-allow-origin"] == "https://app.example"  # the page can read why
+        token = {"Authorization": f"Bearer {issuer.token('alice@example.com')}"}
+        allowed = await http.get("/v1/projects", headers={"Origin": "https://app.example"} | token)
+        assert allowed.status_code == 200
+
+
+@pytest.mark.parametrize("origins", ["app.example", "https://app.example/", "https://app.example/path", "ftp://x"])
+def test_cors_origins_are_validated_at_start_up(origins: str) -> None:
+    with pytest.raises(ValueError, match=r"cors_allowed_origins"):
+        Settings(database_url="postgresql+asyncpg://x@h/d", cors_allowed_origins=origins)
