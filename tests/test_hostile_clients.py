@@ -493,3 +493,37 @@ async def test_cors_preflights_pass_before_authentication(
 def test_cors_origins_are_validated_at_start_up(origins: str) -> None:
     with pytest.raises(ValueError, match=r"cors_allowed_origins"):
         Settings(database_url="postgresql+asyncpg://x@h/d", cors_allowed_origins=origins)
+
+
+# --- what the served function never sees -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"TRACE /v1/projects HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"PROPFIND /v1/projects HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"GET /v1/%0Aprojects HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /v1/projects HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+    ],
+)
+def test_requests_the_framework_or_server_answers_never_reach_the_function(
+    served: FunctionServer, head: bytes, status: int
+) -> None:
+    answer = _exchange(served, head)
+    assert _status(answer) == status
+    assert b"x-request-id" not in answer.lower() and b"text/plain" in answer  # not the app's problem documents
+
+
+def test_a_path_ending_in_an_encoded_newline_reaches_the_function_and_is_logged_escaped(
+    served: FunctionServer,
+) -> None:
+    request_id = unique("newline")
+    head = f"GET /v1/projects%0A HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_id}\r\n\r\n"
+    answer = _exchange(served, head.encode())
+    assert request_id.encode() in answer
+    _wait_for(lambda: _access_lines(served, request_id))
+    (entry,) = _access_lines(served, request_id)
+    assert entry["httpRequest"]["requestUrl"] == "/v1/projects\n"
