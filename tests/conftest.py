@@ -140,9 +140,10 @@ async def authed(database_url: str, issuer: "Issuer") -> AsyncIterator[httpx.Asy
 
 @pytest.fixture(scope="session")
 def served_hardened(create_database: Callable[[], str]) -> Iterator[FunctionServer]:
-    """The real function (`main.api`, from tests/served_slow_clients.py: a 1 s body read timeout),
-    for the hostile-client tests."""
+    """The real function (`main.api`, from tests/served_slow_clients.py: a 1 s body read timeout)
+    with CORS on for https://app.example: for the hostile-client tests."""
     url = create_database()
     run_alembic(url, "upgrade", "head")
-    with serve_function(url, source="tests/served_slow_clients.py") as server:
+    entry = "tests/served_slow_clients.py"
+    with serve_function(url, source=entry, CORS_ALLOWED_ORIGINS="https://app.example") as server:
         yield server
