@@ -36,10 +36,17 @@ def _refusal(status: int, detail: str) -> ProblemError:
     return problem
 
 
+def _size(headers: list[tuple[bytes, bytes]]) -> int:
+    size = 0
+    for name, value in headers:  # a plain loop: cheaper than sum() over a generator
+        size += len(name) + len(value)
+    return size
+
+
 def _oversized_head(scope: Scope) -> ProblemError | None:
     """Counted, never parsed; the fields are counted first, so a million tiny ones cost nothing."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
-    if len(headers) > MAX_HEADER_FIELDS or sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+    if len(headers) > MAX_HEADER_FIELDS or _size(headers) > MAX_HEADER_BYTES:
         return _refusal(431, f"send at most {MAX_HEADER_FIELDS} header fields, {MAX_HEADER_BYTES} bytes in all")
     if len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) > MAX_TARGET_BYTES:
         return _refusal(414, f"paths with their query strings are limited to {MAX_TARGET_BYTES} bytes")
