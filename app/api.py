@@ -8,11 +8,12 @@ from fastapi import Depends, FastAPI
 
 from app.core import health
 from app.core.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
+from app.core.cors import ProblemCORSMiddleware
 from app.core.database import Database
 from app.core.db_errors import install_database_handlers
 from app.core.errors import install_problem_handlers
 from app.core.logs import configure_logging
-from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.openapi import install_openapi, problem_responses
 from app.core.settings import Settings, get_settings
 from app.projects.routes import router as projects_router
@@ -29,7 +30,8 @@ JSON in and out. Every error is an RFC 9457 `application/problem+json` document 
 
 - **Concurrency:** single resources carry a strong `ETag`; send it as `If-Match` on PATCH and
   DELETE (a stale one gives 412), or as `If-None-Match` on GET (304 while unchanged).
-- **Pages:** lists are newest first; pass `next_cursor` back as `cursor` until it is null.
+- **Pages:** lists are newest first; pass `next_cursor` back as `cursor`, with the same filters,
+  until it is null.
 - **Safe retries:** POST takes an `Idempotency-Key`: a repeat within 24 hours replays the first answer.
 - **Identity:** with authentication on, send an ID token as `Authorization: Bearer <token>`.
 """
@@ -62,17 +64,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
         root_path=settings.root_path,
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header; 404 instead
     )
     app.state.settings = settings
     app.state.database = Database(settings)
     install_problem_handlers(app)
     install_database_handlers(app)
-    # Middleware runs in the reverse order of adding: request context, then authentication, then size.
-    app.add_middleware(BodySizeLimitMiddleware)
+    # Middleware runs in the reverse order of adding: request context (head limits, HEAD, access log),
+    # then CORS (before authentication: preflights carry no token), authentication, body limits.
+    app.add_middleware(BodyLimitMiddleware)
     verifier = build_verifier(settings)
     if verifier is not None:
         app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=settings.allowed_principals)
-    app.add_middleware(RequestContextMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(ProblemCORSMiddleware, origins=settings.cors_origins)
+    app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.include_router(health.router)
     documented_auth = [Depends(bearer_scheme)] if verifier is not None else []
     auth_problems = problem_responses(401, 403) if verifier is not None else {}

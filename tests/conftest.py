@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from app.api import create_app
 from app.core.settings import Settings
+from tests.function_server import FunctionServer, serve_function
 from tests.helpers import ROOT, admin, run_alembic, unique, with_database
 
 if TYPE_CHECKING:
@@ -126,3 +127,14 @@ async def authed(database_url: str, issuer: "Issuer") -> AsyncIterator[httpx.Asy
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
     await application.state.database.dispose()
+
+
+@pytest.fixture(scope="session")
+def served_hardened(create_database: Callable[[], str]) -> Iterator[FunctionServer]:
+    """The real function (`main.api`, from tests/served_slow_clients.py: a 1 s body read timeout)
+    with CORS on for https://app.example: for the hostile-client tests."""
+    url = create_database()
+    run_alembic(url, "upgrade", "head")
+    entry = "tests/served_slow_clients.py"
+    with serve_function(url, source=entry, CORS_ALLOWED_ORIGINS="https://app.example") as server:
+        yield server

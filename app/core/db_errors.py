@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.core.errors import Conflict, ServiceUnavailable, response_for
+from app.core.logs import URL_LIMIT, clip
 from app.core.models import Audited
 from app.core.pool import PoolTimeout
 
@@ -111,7 +112,7 @@ async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
     reason = unavailable_reason(exc)
     if reason is None:
         raise exc  # not an availability problem: a bug, answered with a 500 and logged as such
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, reason)
+    logger.warning("database unavailable on %s %s: %s", request.method, clip(request.url.path, URL_LIMIT), reason)
     return response_for(request, DatabaseUnavailable(reason))
 
 

@@ -10,6 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+
+from app.core.logs import URL_LIMIT, clip
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,12 @@ def not_found(resource_name: str, resource_id: uuid.UUID) -> NotFound:
     return NotFound(f"{resource_name} {resource_id} does not exist")
 
 
+def invalid_json() -> InvalidRequest:
+    """One answer for every body that is not a JSON document: truncated, not UTF-8, NaN, ..."""
+    error = {"loc": ["body"], "msg": "send one UTF-8 JSON document", "type": "json_invalid"}
+    return InvalidRequest("the body is not valid JSON", errors=[error])
+
+
 def response_for(request: Request, problem: ProblemError) -> JSONResponse:
     request_id: str | None = getattr(request.state, "request_id", None)
     document = ProblemDocument(
@@ -128,24 +137,45 @@ def _public_error(error: Any) -> dict[str, Any]:
 async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [_public_error(error) for error in exc.errors()]
+    if any(error["type"] == "json_invalid" for error in errors):  # FastAPI's own JSON decode error
+        return response_for(request, invalid_json())
     return response_for(request, InvalidRequest("the request has invalid or missing fields", errors=errors))
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """`Allow` for a 405: every method some route takes on this path (Starlette names only the
+    first route's), found by asking the routes; HEAD wherever GET is (the middleware answers it)."""
+    routes = request.app.router.routes
+    allowed = {
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return ", ".join(sorted(allowed))
+
+
 async def http_problem(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors: unknown route (404), wrong method (405, keeps `Allow`), 413, 400."""
+    """Starlette's own errors: unknown route (404), wrong method (405, with `Allow`), 413, 408, 400."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # a body FastAPI could not decode
-        error = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
-        return response_for(request, InvalidRequest("the body is not valid JSON", errors=[error]))
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):  # a body FastAPI
+        return response_for(request, invalid_json())  # could not decode: not UTF-8, or nested too deep
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else f"{phrase}: {request.method} {request.url.path}"
-    problem = ProblemError(detail, headers=dict(exc.headers) if exc.headers else None)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
+    problem = ProblemError(detail, headers=headers or None)
     problem.status, problem.title = exc.status_code, phrase
     return response_for(request, problem)
 
 
 async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    logger.exception("unhandled error on %s %s", request.method, clip(request.url.path, URL_LIMIT))
     return response_for(request, ProblemError("an unexpected error occurred; quote the request id when reporting it"))
 
 

@@ -2,14 +2,16 @@
 answers, body media types.
 
 A tag is `"<id hex>.<version>"`: the version changes on every write, and the id makes a tag of one
-resource useless on another. `If-Match` guards writes, `If-None-Match` saves reads.
+resource useless on another. `If-Match` guards writes, `If-None-Match` saves reads. The headers are
+parsed by werkzeug's `parse_etags` (installed with functions-framework), and only when they name the
+resource at all; a tag that cannot be one of ours (say a version beyond the column's range) simply
+never matches.
 
 Rows are rendered to JSON once, by orjson, straight from the database's Records: the route's
 `response_model` documents the shape in OpenAPI, and FastAPI does not validate a returned
 `Response` again.
 """
 
-import re
 import uuid
 from email.message import Message
 from typing import Annotated, Any
@@ -17,11 +19,12 @@ from typing import Annotated, Any
 import asyncpg
 import orjson
 from fastapi import Header, Request, Response
+from werkzeug.http import parse_etags
 
-from app.core.errors import UnsupportedMediaType
+from app.core.errors import UnsupportedMediaType, invalid_json
 from app.core.sql import Row
 
-_ENTITY_TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*(?:,|$)')
+MAX_VERSION = 2**31 - 1  # `version` is a PostgreSQL integer
 
 IfMatch = Annotated[str | None, Header(description="Write only if the resource still has this ETag")]
 IfNoneMatch = Annotated[str | None, Header(description="Answer 304 if the resource still has this ETag")]
@@ -31,36 +34,35 @@ def entity_tag(row: Row) -> str:
     return f'"{row["id"].hex}.{row["version"]}"'
 
 
-def _tags(header: str) -> list[tuple[bool, str]]:
-    """(weak, opaque tag) pairs; an unparseable header matches nothing."""
-    tags, position = [], 0
-    while position < len(header):
-        match = _ENTITY_TAG.match(header, position)
-        if match is None:
-            return []
-        tags.append((match.group(1) is not None, match.group(2)))
-        position = match.end()
-    return tags
+def _version(text: str) -> int | None:
+    """A version this API could have issued: 1 to 10 ASCII digits, within the column's range."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 10):  # "²" is a digit to str.isdigit
+        return None
+    version = int(text)
+    return version if version <= MAX_VERSION else None
 
 
 def accepted_versions(if_match: str | None, resource_id: uuid.UUID) -> frozenset[int] | None:
     """The versions a write may replace: None when unconditional (no header, or `*`)."""
     if if_match is None or if_match.strip() == "*":
         return None
+    prefix = f"{resource_id.hex}."
+    if prefix not in if_match:  # no tag of this resource: nothing to parse
+        return frozenset()
     versions = set()
-    for weak, tag in _tags(if_match):  # If-Match uses the strong comparison: weak tags never match
-        tag_id, _, version = tag.partition(".")
-        if not weak and tag_id == resource_id.hex and version.isdigit():
-            versions.add(int(version))
+    for tag in parse_etags(if_match).as_set():  # strong tags only: If-Match uses the strong comparison
+        if tag.startswith(prefix) and (version := _version(tag[len(prefix) :])) is not None:
+            versions.add(version)
     return frozenset(versions)
 
 
 def not_modified(if_none_match: str | None, current: str) -> bool:
+    """Whether `If-None-Match` names the current tag, weak or strong (the weak comparison)."""
     if if_none_match is None:
         return False
     if if_none_match.strip() == "*":
         return True
-    return any(f'"{tag}"' == current for _, tag in _tags(if_none_match))  # weak comparison
+    return current in if_none_match and parse_etags(if_none_match).contains_weak(current.strip('"'))
 
 
 def _encode(value: Any) -> Any:
@@ -113,11 +115,24 @@ def _media_type(request: Request) -> str:
     return message.get_content_type()  # lower-cased, parameters such as charset dropped
 
 
+async def _require_json_text(request: Request) -> None:
+    """JSON between systems is UTF-8 without a byte order mark, and has no NaN (RFC 8259). FastAPI's
+    json.loads is laxer (UTF-16, a BOM, NaN); orjson, strict, re-reads the body: well under a
+    microsecond for a typical one."""
+    body = await request.body()  # already read by FastAPI
+    try:
+        orjson.loads(body or b"null")  # an empty body is refused by validation, as a missing one
+    except orjson.JSONDecodeError:
+        raise invalid_json() from None
+
+
 async def require_json(request: Request) -> None:
     if _media_type(request) != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
+    await _require_json_text(request)
 
 
 async def require_json_or_merge_patch(request: Request) -> None:
     if _media_type(request) not in ("application/json", "application/merge-patch+json"):
         raise UnsupportedMediaType("send the body as application/merge-patch+json or application/json")
+    await _require_json_text(request)

@@ -123,9 +123,18 @@ class Idempotency:
 
 
 async def _fingerprint(request: Request) -> str:
-    """The same request = same method, path and JSON body (key order and spacing do not matter)."""
-    canonical = json.dumps(json.loads(await request.body()), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode()).hexdigest()
+    """The same request = same method, path and JSON body (key order and spacing do not matter).
+
+    The body FastAPI parsed is reused; an empty or unparsed one (refused by validation after this
+    runs) counts as its bytes, so that such a request answers exactly as it would without a key.
+    """
+    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode())
+    body = await request.body()
+    try:
+        digest.update(json.dumps(await request.json(), sort_keys=True, separators=(",", ":")).encode())
+    except ValueError:  # includes json.JSONDecodeError
+        digest.update(body)
+    return digest.hexdigest()
 
 
 async def get_idempotency(
@@ -141,8 +150,12 @@ async def get_idempotency(
         ),
     ] = None,
 ) -> Idempotency:
-    fingerprint = await _fingerprint(request) if idempotency_key is not None else ""
-    return Idempotency(principal=principal or "", key=idempotency_key, fingerprint=fingerprint)
+    if idempotency_key is None:
+        return Idempotency(principal=principal or "", key=None, fingerprint="")
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        error = {"loc": ["header", "idempotency-key"], "msg": "send one key", "type": "duplicate"}
+        raise InvalidRequest("the request has more than one Idempotency-Key", errors=[error])
+    return Idempotency(principal=principal or "", key=idempotency_key, fingerprint=await _fingerprint(request))
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -2,6 +2,9 @@
 
 On Cloud Functions, stdout lines that are JSON objects become structured entries: `severity`,
 `message`, `time`, and the `logging.googleapis.com/...` fields tie a line to its request trace.
+
+A client never shapes a line: control characters are escaped (JSON lines are ASCII) and each
+field taken from the request is cut at a documented length (`*_LIMIT`).
 """
 
 import json
@@ -35,6 +38,14 @@ access_logger = logging.getLogger("app.access")
 audit_logger = logging.getLogger("app.audit")
 _SECRET_QUERY_NAMES = re.compile(r"token|key|secret|password|auth|signature|credential", re.IGNORECASE)
 
+URL_LIMIT = 2048  # requestUrl, and the path in the access line's message
+USER_AGENT_LIMIT = 512
+EXECUTION_ID_LIMIT = 64
+METHOD_LIMIT = 32
+_IP_ADDRESS = re.compile(r"(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*")  # v4, or v6 (has a ":")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _CLOUD_TRACE = re.compile(r"([0-9a-fA-F]{32})(?:/(\d{1,20}))?(?:;o=[01])?")
 
@@ -47,6 +58,33 @@ def trace_of(headers: Headers) -> tuple[str | None, str | None]:
         span = match.group(2)
         return match.group(1).lower(), f"{int(span) & (2**64 - 1):016x}" if span else None
     return None, None
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, and an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode()
+
+
+def escape_controls(text: str) -> str:
+    """CR, LF, ESC, NEL, U+2028 and the like as escapes: a client cannot start a line of its own."""
+    return _CONTROL.sub(_escape, text)
+
+
+def remote_ip(headers: Headers, scope: MutableMapping[str, Any], trusted_proxy_hops: int) -> str:
+    """The X-Forwarded-For entry `trusted_proxy_hops` from the right (Google's front end appends the
+    address it was reached from; entries to its left are the client's say-so), else the peer."""
+    peer: str = (scope.get("client") or ("",))[0]
+    if trusted_proxy_hops < 1:
+        return peer
+    entries = ",".join(headers.getlist("x-forwarded-for")).rsplit(",", trusted_proxy_hops)
+    if len(entries) < trusted_proxy_hops:  # fewer entries than trusted proxies
+        return peer
+    candidate = entries[-trusted_proxy_hops].strip()
+    return candidate if len(candidate) <= 45 and _IP_ADDRESS.fullmatch(candidate) else peer
 
 
 def audit(*, action: str, resource_type: str, resource_id: object, version: int, principal: str | None) -> None:
@@ -86,28 +124,28 @@ def audited_transaction() -> Iterator[None]:
         audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
 
 
-def log_access(scope: MutableMapping[str, Any], status: int, response_size: int, latency_s: float) -> None:
+def log_access(
+    scope: MutableMapping[str, Any], status: int, response_size: int, latency_s: float, trusted_proxy_hops: int
+) -> None:
     """The request's single access-log line, with Cloud Logging's `httpRequest` fields."""
     level = logging.ERROR if status >= 500 else logging.INFO
     if not access_logger.isEnabledFor(level):
         return
     headers = Headers(scope=scope)
-    forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
-    client = scope.get("client") or ("", 0)
+    method, path = clip(scope["method"], METHOD_LIMIT), clip(scope["path"], URL_LIMIT)
     http_request = {
-        "requestMethod": scope["method"],
-        "requestUrl": _safe_url(scope),
+        "requestMethod": method,
+        "requestUrl": clip(_safe_url(scope), URL_LIMIT),
         "status": status,
         "responseSize": str(response_size),
-        "userAgent": headers.get("user-agent", ""),
-        "remoteIp": forwarded or client[0],
+        "userAgent": clip(headers.get("user-agent", ""), USER_AGENT_LIMIT),
+        "remoteIp": remote_ip(headers, scope, trusted_proxy_hops),
         "latency": f"{latency_s:.6f}s",
         "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
     }
-    if (length := headers.get("content-length", "")).isdigit():
+    if (length := headers.get("content-length", "")).isascii() and length.isdigit() and len(length) < 20:
         http_request["requestSize"] = length
-    message = f"{scope['method']} {scope['path']} {status}"
-    access_logger.log(level, message, extra={"fields": {"httpRequest": http_request}})
+    access_logger.log(level, f"{method} {path} {status}", extra={"fields": {"httpRequest": http_request}})
 
 
 def _safe_url(scope: MutableMapping[str, Any]) -> str:
@@ -149,11 +187,12 @@ class CloudLoggingFormatter(logging.Formatter):
             if context.span_id:
                 entry["logging.googleapis.com/spanId"] = context.span_id
         entry.update(getattr(record, "fields", {}))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return json.dumps(entry, default=str)  # ASCII: every control and line separator escaped
 
 
 class TextFormatter(logging.Formatter):
-    """For people: `time level logger [request id] message`."""
+    """For people: `time level logger [request id] message`, one line per entry; a traceback
+    follows on lines of its own, indented, so that no line of it reads as an entry."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(request)s%(message)s")
@@ -162,6 +201,13 @@ class TextFormatter(logging.Formatter):
         context = current_request.get()
         record.request = f"[{context.request_id}] " if context else ""
         return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        text = _CONTROL_BUT_NEWLINE.sub(_escape, super().formatException(ei))
+        return "    " + text.replace("\n", "\n    ")
 
 
 def configure_logging(*, level: str, json_lines: bool) -> None:

@@ -1,10 +1,11 @@
 """What every resource's models share: the audited columns, input rules and text types."""
 
+import re
 import uuid
-from datetime import datetime
-from typing import Any, ClassVar
+from datetime import date, datetime
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from sqlalchemy import DateTime, func, text
 from sqlmodel import Field, SQLModel
 
@@ -34,6 +35,21 @@ def _storable(value: str) -> str:
 
 # Annotate every client-supplied text field with it: `Annotated[str, StringConstraints(...), Storable]`.
 Storable = AfterValidator(_storable)
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _iso_date_text(value: object) -> object:
+    """Pydantic would also take 0 (as 1970-01-01) and a midnight date-time; a date is YYYY-MM-DD."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value  # pydantic then checks that the day exists
+
+
+# A calendar date in a request body, as ISO 8601 text ("2027-03-01").
+IsoDate = Annotated[date, BeforeValidator(_iso_date_text)]
 
 
 class Audited(SQLModel):

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PRINCIPAL_PATTERN = re.compile(r"(\*|[^@\s*,]+)@[^@\s*,]+\.[^@\s*,]+")
+_ORIGIN_PATTERN = re.compile(r"\*|https?://[^/\s,*]+")  # scheme://host[:port]: no path, no trailing slash
 
 
 def _split(patterns: str) -> list[str]:
@@ -45,6 +46,8 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     root_path: str = Field(default="", pattern=r"^(/[^/\s]+)*$")
+    trusted_proxy_hops: int = Field(default=1, ge=0, le=10)
+    cors_allowed_origins: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -60,6 +63,19 @@ class Settings(BaseSettings):
             if not _PRINCIPAL_PATTERN.fullmatch(pattern):
                 raise ValueError(f"{pattern!r} is neither an email nor a *@domain pattern")
         return value
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in _split(value):
+            if not _ORIGIN_PATTERN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com (or *)")
+        return value
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """The origins browsers may call from; empty means CORS is off."""
+        return tuple(_split(self.cors_allowed_origins))
 
     @property
     def allowed_principals(self) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from pydantic import BeforeValidator, StringConstraints, field_validator
 from sqlalchemy import CheckConstraint, Index, SmallInteger, String
 from sqlmodel import Field
 
-from app.core.models import Audited, AuditedPublic, InputSchema, Storable, example, reject_null
+from app.core.models import Audited, AuditedPublic, InputSchema, IsoDate, Storable, example, reject_null
 
 TaskTitle = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Storable]
 TaskDescription = Annotated[str, StringConstraints(max_length=10_000), Storable]
@@ -59,7 +59,7 @@ class TaskCreate(InputSchema):
     description: TaskDescription | None = None
     status: TaskStatus = TaskStatus.todo
     priority: Priority = 1
-    due_date: date | None = None
+    due_date: IsoDate | None = None
 
 
 class TaskUpdate(InputSchema):
@@ -72,7 +72,7 @@ class TaskUpdate(InputSchema):
     description: TaskDescription | None = None
     status: TaskStatus | None = None
     priority: Priority | None = None
-    due_date: date | None = None
+    due_date: IsoDate | None = None
 
     _not_null = field_validator("project_id", "title", "status", "priority", mode="before")(reject_null)
 
