@@ -1,11 +1,14 @@
 """Assertions and database look-ups shared by the test modules."""
 
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
-from tests.conftest import _libpq_url
+from tests.conftest import ROOT, _libpq_url
 
 
 async def fetch(url: str, query: str, *args: object) -> list[asyncpg.Record]:
@@ -40,3 +43,10 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 def error_locations(body: dict[str, Any]) -> list[list[Any]]:
     return [error["loc"] for error in body["errors"]]
+
+
+def uv() -> str:
+    """The uv that made .venv: the Makefile exports it as UV; else the one on PATH or fetched into .uv/."""
+    found = os.environ.get("UV") or shutil.which("uv") or str(ROOT / ".uv" / "bin" / "uv")
+    assert Path(found).is_file(), f"no uv at {found}: run the tests with `make test`, which installs it"
+    return found
