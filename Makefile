@@ -54,8 +54,8 @@ migration: $(BIN)/.installed
 	$(BIN)/python scripts/new_migration.py "$(NAME)"
 
 # Give the service your name in every place that carries it: make rename NAME=orders-api
-rename: $(BIN)/.installed
-	$(BIN)/python scripts/rename.py $(NAME)
+rename:
+	$(PYTHON) scripts/rename.py $(NAME)
 
 startup: $(BIN)/.installed
 	$(BIN)/python scripts/measure_startup.py
