@@ -16,12 +16,12 @@ export UV
 
 $(BIN)/.installed: pyproject.toml uv.lock | $(UV)
 	@echo "installing uv.lock into $(VENV) with $(UV)"
-	$(UV) sync --locked --quiet --python $(PYTHON)
+	@$(UV) sync --locked --quiet --python $(PYTHON)
 	@touch $@
 
 $(CURDIR)/.uv/bin/uv:
 	@echo "no uv on PATH: fetching uv $(UV_VERSION) from PyPI into .uv/"
-	$(PYTHON) -m pip install --quiet --quiet --disable-pip-version-check --root-user-action=ignore \
+	@$(PYTHON) -m pip install --quiet --quiet --disable-pip-version-check --root-user-action=ignore \
 		--no-warn-script-location --target=.uv uv==$(UV_VERSION)
 
 run: $(BIN)/.installed
