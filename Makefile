@@ -8,10 +8,21 @@ BIN := $(VENV)/bin
 # floor: make test PYTEST_ARGS=tests/test_tasks.py COVERAGE=
 COVERAGE ?= --cov --cov-report=term-missing:skip-covered
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $@
+# uv makes .venv and installs exactly what uv.lock pins (the runtime and the dev group), from PyPI.
+# The uv on your PATH is used; without one, UV_VERSION is fetched once with pip into .uv/.
+UV_VERSION := 0.13.9
+UV ?= $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.uv/bin/uv)
+export UV
+
+$(BIN)/.installed: pyproject.toml uv.lock | $(UV)
+	@echo "installing uv.lock into $(VENV) with $(UV)"
+	@$(UV) sync --locked --quiet --python $(PYTHON)
+	@touch $@
+
+$(CURDIR)/.uv/bin/uv:
+	@echo "no uv on PATH: fetching uv $(UV_VERSION) from PyPI into .uv/"
+	@$(PYTHON) -m pip install --quiet --quiet --disable-pip-version-check --root-user-action=ignore \
+		--no-warn-script-location --target=.uv uv==$(UV_VERSION)
 
 run: $(BIN)/.installed
 	$(BIN)/python scripts/run_local.py
@@ -27,21 +38,24 @@ lint: $(BIN)/.installed
 check: lint test
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) .uv .data .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
 
-# Re-pin requirements.txt (what Cloud Functions installs) from requirements.in, then reinstall.
-lock: $(BIN)/.installed
-	$(BIN)/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
-		--output-file=requirements.txt requirements.in
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# After editing the dependencies in pyproject.toml: re-resolve uv.lock, export its runtime part to
+# requirements.txt (what Cloud Functions installs), reinstall. LOCK_ARGS=--upgrade also moves every
+# pin pyproject.toml leaves free to its newest release.
+lock: | $(UV)
+	$(UV) lock --quiet --python $(PYTHON) $(LOCK_ARGS)
+	$(UV) export --frozen --quiet --no-dev --no-hashes --no-emit-project --output-file=requirements.txt
+	$(UV) sync --locked --quiet --python $(PYTHON)
+	@touch $(BIN)/.installed
 
 # Autogenerate the next migration from app/models.py: make migration NAME="add comments"
 migration: $(BIN)/.installed
 	$(BIN)/python scripts/new_migration.py "$(NAME)"
 
 # Give the service your name in every place that carries it: make rename NAME=orders-api
-rename: $(BIN)/.installed
-	$(BIN)/python scripts/rename.py $(NAME)
+rename:
+	$(PYTHON) scripts/rename.py $(NAME)
 
 startup: $(BIN)/.installed
 	$(BIN)/python scripts/measure_startup.py
@@ -50,7 +64,7 @@ startup: $(BIN)/.installed
 # Quick look: make bench BENCH_RUNS=1 BENCH_DURATION_S=2 (every knob: docs/benchmarks.md).
 .PHONY: bench
 bench: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(UV) pip install --quiet --python=$(BIN)/python -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
 # `make scale`: many instances against too few connection slots; the 503 rate at twice the budget (docs/scaling.md).
@@ -61,5 +75,5 @@ scale: $(BIN)/.installed
 # `make soak`: 60 s at 64 connections, mixed reads and writes; fails on any error or memory growth.
 .PHONY: soak
 soak: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(UV) pip install --quiet --python=$(BIN)/python -r bench/requirements.txt
 	$(BIN)/python bench/soak.py

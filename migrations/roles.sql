@@ -3,7 +3,7 @@
 -- scripts/grant_roles.sh runs it through the Cloud SQL Auth Proxy; by hand:
 --
 --   psql "host=127.0.0.1 port=5433 dbname=app user=postgres" -v ON_ERROR_STOP=1 \
---     -v database=app -v migrator=migrator@PROJECT.iam -v runtime=projects-api@PROJECT.iam \
+--     -v database=app -v migrator=projects-api-migrator@PROJECT.iam -v runtime=projects-api@PROJECT.iam \
 --     -f migrations/roles.sql
 --
 -- The design works with what the admin may do on Cloud SQL for PostgreSQL 15 to 18, where it is

@@ -8,7 +8,7 @@
 #   DB_NAME      database: app
 #   FUNCTION     the function: projects-api
 #   RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
-#   MIGRATOR_SA  the build's service account (migrations, deploy): migrator@PROJECT.iam.gserviceaccount.com
+#   MIGRATOR_SA  the build's service account (migrations, deploy): projects-api-migrator@PROJECT.iam.gserviceaccount.com
 #   DB_IP_TYPE   how the function reaches the instance: public (its public IP, through the connector)
 #                or private (a private IP in NETWORK; docs/operations.md, "Keep the database private"): public
 #   NETWORK      the VPC network of the private path: default
@@ -58,7 +58,7 @@ load_settings() {
   DB_NAME="${DB_NAME:-app}"
   FUNCTION="${FUNCTION:-projects-api}"
   RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
-  MIGRATOR_SA="${MIGRATOR_SA:-migrator@${PROJECT}.iam.gserviceaccount.com}"
+  MIGRATOR_SA="${MIGRATOR_SA:-projects-api-migrator@${PROJECT}.iam.gserviceaccount.com}"
   DB_IP_TYPE="${DB_IP_TYPE:-public}"
   NETWORK="${NETWORK:-default}"
   SUBNET="${SUBNET:-$NETWORK}"

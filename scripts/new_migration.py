@@ -15,7 +15,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 def main(message: str) -> int:
     env = dict(os.environ)
-    if not env.get("DATABASE_URL"):
+    if url := env.get("DATABASE_URL"):
+        import database_check
+
+        if (problem := database_check.problem(url, "set in your shell")) is not None:
+            print(f"make migration: {problem}", file=sys.stderr)
+            return 1
+    else:
         import embedded_db
 
         server = embedded_db.start(ROOT / ".data" / "postgres", delete_on_exit=False)

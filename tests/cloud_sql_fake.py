@@ -64,10 +64,15 @@ class CertificateAuthority:
         )
 
     def sign(self, public_key: Any, common_name: str, lifetime: datetime.timedelta) -> x509.Certificate:
+        """A certificate for `common_name`; an email (a principal) also goes in the subject's
+        alternative name, whole: a common name may have at most 64 characters, an email more."""
         now = datetime.datetime.now(datetime.UTC)
+        builder = x509.CertificateBuilder()
+        if "@" in common_name:
+            alternative = x509.SubjectAlternativeName([x509.RFC822Name(common_name)])
+            builder = builder.add_extension(alternative, critical=False)
         return (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
+            builder.subject_name(_name(common_name[:64]))
             .issuer_name(self.certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -219,7 +224,9 @@ class FakeCloudSQL:
     async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         peer = x509.load_der_x509_certificate(ssl_object.getpeercert(binary_form=True))
-        principal = peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        principal = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.RFC822Name
+        )[0]
         record = ProxyConnection(peer.serial_number, str(principal))
         self.connections.append(record)
         try:

@@ -64,7 +64,7 @@ class CloudSqlShape:
 
     @property
     def migrator_sa(self) -> str:
-        return f"migrator@{self.project}.iam.gserviceaccount.com"
+        return f"projects-api-migrator@{self.project}.iam.gserviceaccount.com"
 
     @property
     def runtime_sa(self) -> str:

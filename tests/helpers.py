@@ -99,3 +99,10 @@ def migrations_with_revision(folder: Path, upgrade: str) -> Path:
         f"def upgrade() -> None:\n{body}\n\n\ndef downgrade() -> None:\n    pass\n"
     )
     return folder / "alembic.ini"
+
+
+def uv() -> str:
+    """The uv that made .venv: the Makefile exports it as UV; else the one on PATH or fetched into .uv/."""
+    found = os.environ.get("UV") or shutil.which("uv") or str(ROOT / ".uv" / "bin" / "uv")
+    assert Path(found).is_file(), f"no uv at {found}: run the tests with `make test`, which installs it"
+    return found

@@ -418,7 +418,7 @@ def test_every_build_submit_uploads_with_the_gitignore() -> None:
     needed = [
         "Makefile",
         "requirements.txt",
-        "requirements-dev.txt",
+        "uv.lock",
         "pyproject.toml",
         "alembic.ini",
         "main.py",
@@ -441,7 +441,7 @@ def test_every_build_submit_uploads_with_the_gitignore() -> None:
 
 PROJECT = "demo-project"
 OWNER = "user:owner@example.com"
-MIGRATOR = f"serviceAccount:migrator@{PROJECT}.iam.gserviceaccount.com"
+MIGRATOR = f"serviceAccount:projects-api-migrator@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME = f"serviceAccount:projects-api@{PROJECT}.iam.gserviceaccount.com"
 
 

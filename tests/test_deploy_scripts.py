@@ -25,7 +25,7 @@ from tests.helpers import ROOT
 SCRIPTS = ROOT / "scripts"
 PROJECT = "demo-project"
 OWNER = fake_gcloud.OWNER
-MIGRATOR_SA = f"migrator@{PROJECT}.iam.gserviceaccount.com"
+MIGRATOR_SA = f"projects-api-migrator@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME_SA = f"projects-api@{PROJECT}.iam.gserviceaccount.com"
 
 
@@ -88,7 +88,7 @@ def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrap
     assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
     assert "private_network" not in instance and instance["public_ip"]
     assert "app" in instance["databases"]
-    assert {f"migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
+    assert {f"projects-api-migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
     assert {"sqladmin.googleapis.com", "iamcredentials.googleapis.com"} <= set(state["services"])
     assert "compute.googleapis.com" not in state["services"], "the public path needs no Compute Engine API"
     assert len(state["policies"]) == 4 and len(state["log_metrics"]) == 5, "ALERT_EMAIL: scripts/alerts.sh ran"

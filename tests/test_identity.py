@@ -194,15 +194,16 @@ async def test_an_unknown_key_refetches_the_key_set_once_and_is_rate_limited(
                 database_url=database_url, auth_mode="google", auth_audience=AUDIENCE, oidc_jwks_url=rotating.jwks_url
             )
         )
+        # Keys are made before the clock starts: five RSA keys can take over a second on a busy machine.
+        new_key = SigningKey()
+        strangers = [bearer(rotating.token(key=SigningKey())) for _ in range(5)]
         async with await _client_for(app) as client:
             assert (await client.get("/v1/projects", headers=bearer(rotating.token()))).status_code == 200
             assert rotating.fetches == 1
             for _ in range(3):  # cached keys: no fetch on the hot path
                 await client.get("/v1/projects", headers=bearer(rotating.token()))
             assert rotating.fetches == 1
-            new_key = SigningKey()
             rotating.published.append(new_key)
-            strangers = [bearer(rotating.token(key=SigningKey())) for _ in range(5)]
             await asyncio.gather(*(client.get("/v1/projects", headers=headers) for headers in strangers))
             assert rotating.fetches == 1, "unknown keys within the interval must not refetch"
             await asyncio.sleep(1.1)
