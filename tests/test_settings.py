@@ -32,8 +32,18 @@ def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert (settings.db_name, settings.db_ip_type, settings.auth_mode) == ("app", "public", "none")
     assert (settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s) == (5, 2, 10)
-    assert (settings.db_statement_timeout_ms, settings.log_level, settings.log_format) == (5000, "INFO", "json")
+    assert (settings.db_statement_timeout_ms, settings.log_level) == (5000, "INFO")
     assert settings.root_path == ""
+
+
+def test_logs_are_json_on_google_cloud_and_text_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", URL)
+    monkeypatch.delenv("K_SERVICE", raising=False)
+    assert load_settings().log_format == "text"
+    monkeypatch.setenv("K_SERVICE", "projects-api")  # set by Cloud Run, which serves Cloud Functions
+    assert load_settings().log_format == "json"
+    monkeypatch.setenv("LOG_FORMAT", "text")
+    assert load_settings().log_format == "text"
 
 
 def test_both_database_url_and_instance_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
