@@ -4,10 +4,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from app.core import health
-from app.core.auth import AuthenticationMiddleware, bearer_scheme, build_verifier
+from app.core.auth import AuthenticationMiddleware, build_verifier
 from app.core.cors import ProblemCORSMiddleware
 from app.core.database import Database
 from app.core.db_errors import install_database_handlers
@@ -80,9 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ProblemCORSMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
     app.include_router(health.router)
-    documented_auth = [Depends(bearer_scheme)] if verifier is not None else []
     auth_problems = problem_responses(401, 403) if verifier is not None else {}
     for router in RESOURCE_ROUTERS:
-        app.include_router(router, dependencies=documented_auth, responses=auth_problems)
-    install_openapi(app)
+        app.include_router(router, responses=auth_problems)
+    install_openapi(app, bearer=verifier is not None)
     return app

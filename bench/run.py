@@ -116,8 +116,9 @@ _DROPPED_ENV = (
     "FUNCTION_SOURCE",
     "FUNCTION_SIGNATURE_TYPE",
 )
-# As the deploy step sets it (cloudbuild.yaml): log lines then name their trace in Cloud Trace.
-DEPLOYED_ENV = {"GOOGLE_CLOUD_PROJECT": "bench-project"}
+# As on Google Cloud: the deploy step sets GOOGLE_CLOUD_PROJECT (log lines then name their trace in
+# Cloud Trace), and Cloud Run sets K_SERVICE (the service then writes JSON log lines).
+DEPLOYED_ENV = {"GOOGLE_CLOUD_PROJECT": "bench-project", "K_SERVICE": "projects-api"}
 AUTH_PRINCIPAL = "bench-client@example.com"
 
 

@@ -5,10 +5,9 @@ nothing: 401 with `WWW-Authenticate: Bearer` for a missing or invalid token, 403
 caller outside AUTH_ALLOWED_PRINCIPALS. /healthz, /readyz and the docs stay open.
 """
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPBearer
+from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.requests import Request as StarletteRequest
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -80,13 +79,7 @@ class AuthenticationMiddleware:
         return principal
 
 
-# Documents the scheme in OpenAPI (`/docs` gets an Authorize button); the middleware enforces it.
-bearer_scheme = HTTPBearer(auto_error=False, description="A Google-signed or OIDC ID token")
-
-
-async def get_principal(request: Request) -> str | None:
+def principal_of(request: Request) -> str | None:
+    """Who is calling, as the middleware verified it; None with AUTH_MODE=none."""
     principal: str | None = getattr(request.state, "principal", None)
     return principal
-
-
-PrincipalDep = Annotated[str | None, Depends(get_principal)]

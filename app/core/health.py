@@ -3,9 +3,9 @@
 import asyncio
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from app.core.database import DatabaseDep
+from app.core.database import database_of
 from app.core.db_errors import DatabaseUnavailable
 from app.core.openapi import problem_responses
 
@@ -22,11 +22,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(database: DatabaseDep) -> dict[str, str]:
+async def readyz(request: Request) -> dict[str, str]:
     """Readiness: the database answers; 503 with `Retry-After` when it does not."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            async with database.connection() as connection:
+            async with database_of(request).connection() as connection:
                 await connection.execute("SELECT 1")
     except DatabaseUnavailable:
         raise

@@ -17,7 +17,7 @@ from sqlalchemy import Index, SmallInteger, Text, bindparam, delete, func, liter
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Field, SQLModel
 
-from app.core.auth import PrincipalDep
+from app.core.auth import principal_of
 from app.core.errors import Conflict, InvalidRequest
 from app.core.models import SET_BY_SERVER, TIMESTAMP
 from app.core.sql import Query
@@ -139,7 +139,6 @@ async def _fingerprint(request: Request) -> str:
 
 async def get_idempotency(
     request: Request,
-    principal: PrincipalDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -150,12 +149,13 @@ async def get_idempotency(
         ),
     ] = None,
 ) -> Idempotency:
+    principal = principal_of(request) or ""
     if idempotency_key is None:
-        return Idempotency(principal=principal or "", key=None, fingerprint="")
+        return Idempotency(principal=principal, key=None, fingerprint="")
     if len(request.headers.getlist("idempotency-key")) > 1:
         error = {"loc": ["header", "idempotency-key"], "msg": "send one key", "type": "duplicate"}
         raise InvalidRequest("the request has more than one Idempotency-Key", errors=[error])
-    return Idempotency(principal=principal or "", key=idempotency_key, fingerprint=await _fingerprint(request))
+    return Idempotency(principal=principal, key=idempotency_key, fingerprint=await _fingerprint(request))
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.datastructures import Headers
 
 
@@ -187,7 +188,8 @@ class CloudLoggingFormatter(logging.Formatter):
             if context.span_id:
                 entry["logging.googleapis.com/spanId"] = context.span_id
         entry.update(getattr(record, "fields", {}))
-        return json.dumps(entry, default=str)  # ASCII: every control and line separator escaped
+        line = orjson.dumps(entry, default=str)  # escapes the control characters, not U+2028 and its kind:
+        return line.decode() if line.isascii() else json.dumps(entry, default=str)  # ASCII, all escaped
 
 
 class TextFormatter(logging.Formatter):

@@ -13,13 +13,18 @@ NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
 }
 
 
+BEARER_DESCRIPTION = "A Google-signed or OIDC ID token"
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem documents a route can answer with."""
     return {status: {"description": HTTPStatus(status).phrase, "model": ProblemDocument} for status in statuses}
 
 
-def install_openapi(app: FastAPI) -> None:
-    """FastAPI files a response `model` under application/json; problems travel as problem+json."""
+def install_openapi(app: FastAPI, *, bearer: bool) -> None:
+    """FastAPI files a response `model` under application/json; problems travel as problem+json.
+    With authentication on, every /v1 operation names the bearer scheme (`/docs` gets an Authorize
+    button); the middleware enforces it, so no per-request dependency has to."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -32,8 +37,13 @@ def install_openapi(app: FastAPI) -> None:
                 tags=app.openapi_tags,
                 servers=app.servers,
             )
-            for path in schema.get("paths", {}).values():
+            if bearer:
+                schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+                schemes["HTTPBearer"] = {"type": "http", "scheme": "bearer", "description": BEARER_DESCRIPTION}
+            for route, path in schema.get("paths", {}).items():
                 for operation in path.values():
+                    if bearer and (route == "/v1" or route.startswith("/v1/")):
+                        operation["security"] = [{"HTTPBearer": []}]
                     for status, response in operation.get("responses", {}).items():
                         content = response.get("content", {})
                         if status.isdigit() and int(status) >= 400 and "application/json" in content:

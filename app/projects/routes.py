@@ -5,8 +5,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.core.auth import PrincipalDep
-from app.core.database import DatabaseDep
+from app.core.auth import principal_of
+from app.core.database import database_of
 from app.core.http import (
     JSON,
     IfMatch,
@@ -21,20 +21,10 @@ from app.core.http import (
 from app.core.idempotency import IdempotencyDep
 from app.core.openapi import NOT_MODIFIED, problem_responses
 from app.core.pagination import Page, PageDep
-from app.core.sql import Row
 from app.projects import service
 from app.projects.models import NameSearch, ProjectCreate, ProjectPublic, ProjectUpdate
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500, 503))
-
-
-async def valid_project(project_id: uuid.UUID, database: DatabaseDep) -> Row:
-    """The project the path names, or a 404 problem."""
-    async with database.connection() as connection:
-        return await service.get_project(connection=connection, project_id=project_id)
-
-
-ValidProject = Annotated[Row, Depends(valid_project)]
 
 
 @router.post(
@@ -44,14 +34,12 @@ ValidProject = Annotated[Row, Depends(valid_project)]
     dependencies=[Depends(require_json)],
     responses=problem_responses(409, 413, 415),
 )
-async def create_project(
-    body: ProjectCreate, database: DatabaseDep, principal: PrincipalDep, idempotency: IdempotencyDep, request: Request
-) -> Response:
+async def create_project(body: ProjectCreate, idempotency: IdempotencyDep, request: Request) -> Response:
     """Create a project. Send `Idempotency-Key` to make retries safe."""
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         if replay := await idempotency.replay(connection):
             return replay
-        project = await service.create_project(connection=connection, data=body, principal=principal)
+        project = await service.create_project(connection=connection, data=body, principal=principal_of(request))
         location = location_of(request, f"/v1/projects/{project['id']}")
         response = resource_response(project, status_code=201, location=location)
         await idempotency.remember(connection, response)  # in the same transaction as the project
@@ -60,19 +48,21 @@ async def create_project(
 
 @router.get("", response_model=Page[ProjectPublic])
 async def list_projects(
-    database: DatabaseDep,
+    request: Request,
     page: PageDep,
     q: Annotated[NameSearch | None, Query(description="Names containing this text, any case")] = None,
 ) -> Response:
     """List projects, newest first, a page at a time (`next_cursor` gives the next page)."""
-    async with database.connection() as connection:
+    async with database_of(request).connection() as connection:
         found = await service.list_projects(connection=connection, page=page, name_contains=q)
     return JSON(found)
 
 
 @router.get("/{project_id}", response_model=ProjectPublic, responses=NOT_MODIFIED | problem_responses(404))
-async def read_project(project: ValidProject, if_none_match: IfNoneMatch = None) -> Response:
+async def read_project(project_id: uuid.UUID, request: Request, if_none_match: IfNoneMatch = None) -> Response:
     """Read one project. `If-None-Match` with its ETag answers 304 while it is unchanged."""
+    async with database_of(request).connection() as connection:
+        project = await service.get_project(connection=connection, project_id=project_id)  # or a 404 problem
     return conditional_response(project, if_none_match)
 
 
@@ -85,32 +75,29 @@ async def read_project(project: ValidProject, if_none_match: IfNoneMatch = None)
 async def update_project(
     project_id: uuid.UUID,
     body: ProjectUpdate,
-    database: DatabaseDep,
-    principal: PrincipalDep,
+    request: Request,
     if_match: IfMatch = None,
 ) -> Response:
     """Change a project with a JSON merge patch. `If-Match` with its ETag guards against lost updates."""
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         project = await service.update_project(
             connection=connection,
             project_id=project_id,
             changes=body,
             accepted_versions=accepted_versions(if_match, project_id),
-            principal=principal,
+            principal=principal_of(request),
         )
     return resource_response(project)
 
 
 @router.delete("/{project_id}", status_code=204, responses=problem_responses(404, 412))
-async def delete_project(
-    project_id: uuid.UUID, database: DatabaseDep, principal: PrincipalDep, if_match: IfMatch = None
-) -> Response:
+async def delete_project(project_id: uuid.UUID, request: Request, if_match: IfMatch = None) -> Response:
     """Delete a project and all its tasks. `If-Match` makes the delete conditional."""
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         await service.delete_project(
             connection=connection,
             project_id=project_id,
             accepted_versions=accepted_versions(if_match, project_id),
-            principal=principal,
+            principal=principal_of(request),
         )
     return Response(status_code=204)

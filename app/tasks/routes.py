@@ -5,8 +5,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.core.auth import PrincipalDep
-from app.core.database import DatabaseDep
+from app.core.auth import principal_of
+from app.core.database import database_of
 from app.core.http import (
     JSON,
     IfMatch,
@@ -21,20 +21,10 @@ from app.core.http import (
 from app.core.idempotency import IdempotencyDep
 from app.core.openapi import NOT_MODIFIED, problem_responses
 from app.core.pagination import Page, PageDep
-from app.core.sql import Row
 from app.tasks import service
 from app.tasks.models import TaskCreate, TaskPublic, TaskStatus, TaskUpdate
 
 router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500, 503))
-
-
-async def valid_task(task_id: uuid.UUID, database: DatabaseDep) -> Row:
-    """The task the path names, or a 404 problem."""
-    async with database.connection() as connection:
-        return await service.get_task(connection=connection, task_id=task_id)
-
-
-ValidTask = Annotated[Row, Depends(valid_task)]
 
 
 @router.post(
@@ -47,16 +37,16 @@ ValidTask = Annotated[Row, Depends(valid_task)]
 async def create_task(
     project_id: uuid.UUID,
     body: TaskCreate,
-    database: DatabaseDep,
-    principal: PrincipalDep,
     idempotency: IdempotencyDep,
     request: Request,
 ) -> Response:
     """Create a task in a project. Send `Idempotency-Key` to make retries safe."""
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         if replay := await idempotency.replay(connection):
             return replay
-        task = await service.create_task(connection=connection, project_id=project_id, data=body, principal=principal)
+        task = await service.create_task(
+            connection=connection, project_id=project_id, data=body, principal=principal_of(request)
+        )
         location = location_of(request, f"/v1/tasks/{task['id']}")
         response = resource_response(task, status_code=201, location=location)
         await idempotency.remember(connection, response)  # in the same transaction as the task
@@ -66,19 +56,21 @@ async def create_task(
 @router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))
 async def list_tasks(
     project_id: uuid.UUID,
-    database: DatabaseDep,
+    request: Request,
     page: PageDep,
     status: Annotated[TaskStatus | None, Query(description="Only tasks with this status")] = None,
 ) -> Response:
     """List a project's tasks, newest first, optionally only those with one status."""
-    async with database.connection() as connection:
+    async with database_of(request).connection() as connection:
         found = await service.list_tasks(connection=connection, project_id=project_id, page=page, status=status)
     return JSON(found)
 
 
 @router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=NOT_MODIFIED | problem_responses(404))
-async def read_task(task: ValidTask, if_none_match: IfNoneMatch = None) -> Response:
+async def read_task(task_id: uuid.UUID, request: Request, if_none_match: IfNoneMatch = None) -> Response:
     """Read one task. `If-None-Match` with its ETag answers 304 while it is unchanged."""
+    async with database_of(request).connection() as connection:
+        task = await service.get_task(connection=connection, task_id=task_id)  # or a 404 problem
     return conditional_response(task, if_none_match)
 
 
@@ -88,31 +80,27 @@ async def read_task(task: ValidTask, if_none_match: IfNoneMatch = None) -> Respo
     dependencies=[Depends(require_json_or_merge_patch)],
     responses=problem_responses(404, 412, 413, 415),
 )
-async def update_task(
-    task_id: uuid.UUID, body: TaskUpdate, database: DatabaseDep, principal: PrincipalDep, if_match: IfMatch = None
-) -> Response:
+async def update_task(task_id: uuid.UUID, body: TaskUpdate, request: Request, if_match: IfMatch = None) -> Response:
     """Change a task with a JSON merge patch; `project_id` moves it. `If-Match` guards the write."""
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         task = await service.update_task(
             connection=connection,
             task_id=task_id,
             changes=body,
             accepted_versions=accepted_versions(if_match, task_id),
-            principal=principal,
+            principal=principal_of(request),
         )
     return resource_response(task)
 
 
 @router.delete("/v1/tasks/{task_id}", status_code=204, responses=problem_responses(404, 412))
-async def delete_task(
-    task_id: uuid.UUID, database: DatabaseDep, principal: PrincipalDep, if_match: IfMatch = None
-) -> Response:
+async def delete_task(task_id: uuid.UUID, request: Request, if_match: IfMatch = None) -> Response:
     """Delete a task. `If-Match` makes the delete conditional."""
-    async with database.transaction() as connection:
+    async with database_of(request).transaction() as connection:
         await service.delete_task(
             connection=connection,
             task_id=task_id,
             accepted_versions=accepted_versions(if_match, task_id),
-            principal=principal,
+            principal=principal_of(request),
         )
     return Response(status_code=204)
