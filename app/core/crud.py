@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy import Integer, bindparam, func
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from app.core.audit import audit
 from app.core.errors import PreconditionFailed, not_found
-from app.core.logs import audit
 from app.core.models import Audited
 from app.core.sql import Query, Row
 

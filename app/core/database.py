@@ -24,8 +24,8 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from app.core.audit import audited_transaction
 from app.core.db_errors import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
-from app.core.logs import audited_transaction
 from app.core.once import Once
 from app.core.pool import Pool
 from app.core.settings import Settings

@@ -12,8 +12,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,10 +32,7 @@ class RequestContext:
 
 current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)
 
-NOTICE = 25  # Cloud Logging's NOTICE: normal but significant, such as a change to data
-logging.addLevelName(NOTICE, "NOTICE")
 access_logger = logging.getLogger("app.access")
-audit_logger = logging.getLogger("app.audit")
 _SECRET_QUERY_NAMES = re.compile(r"token|key|secret|password|auth|signature|credential", re.IGNORECASE)
 
 URL_LIMIT = 2048  # requestUrl, and the path in the access line's message
@@ -86,43 +82,6 @@ def remote_ip(headers: Headers, scope: MutableMapping[str, Any], trusted_proxy_h
         return peer
     candidate = entries[-trusted_proxy_hops].strip()
     return candidate if len(candidate) <= 45 and _IP_ADDRESS.fullmatch(candidate) else peer
-
-
-def audit(*, action: str, resource_type: str, resource_id: object, version: int, principal: str | None) -> None:
-    """One entry per write, at NOTICE, with a stable `audit` object for log-based metrics and sinks.
-
-    Inside `audited_transaction`, the entry waits for the commit: a rolled-back write is not audited.
-    """
-    context = current_request.get()
-    entry = {
-        "principal": principal,
-        "action": action,
-        "resource_type": resource_type,
-        "resource_id": str(resource_id),
-        "version": version,
-        "request_id": context.request_id if context else None,
-    }
-    message = f"{action} {resource_type} {resource_id} v{version} by {principal or 'anonymous'}"
-    if (held := _held_audit.get()) is not None:
-        held.append((message, entry))
-    else:
-        audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
-
-
-_held_audit: ContextVar[list[tuple[str, dict[str, Any]]] | None] = ContextVar("held_audit", default=None)
-
-
-@contextmanager
-def audited_transaction() -> Iterator[None]:
-    """Wrap a transaction: the audit entries of its writes are written when it ends without error."""
-    held: list[tuple[str, dict[str, Any]]] = []
-    token = _held_audit.set(held)
-    try:
-        yield
-    finally:
-        _held_audit.reset(token)
-    for message, entry in held:  # not reached when the transaction raised (and so rolled back)
-        audit_logger.log(NOTICE, message, extra={"fields": {"audit": entry}})
 
 
 def log_access(
