@@ -11,8 +11,10 @@ predecessor, it serves while `migrate` applies the head, and a rollback returns 
 
 How: `git archive` of that commit into a temporary folder; its migrations/versions/ replaced by
 today's, so that its own conftest builds its test database with today's revisions (its env.py, which
-only connects, stays); then its tests named after its resources (tests/test_<resource>.py for each
-app/<resource>/routes.py, or app/routes/<resource>.py in older layouts) run with this venv. Skipped,
+only connects, stays); its own dependencies installed into its own venv by uv (its uv.lock, or its
+requirements-dev.txt in older layouts), as a rollback redeploys its requirements.txt; then its tests
+named after its resources (tests/test_<resource>.py for each app/<resource>/routes.py, or
+app/routes/<resource>.py in older layouts) run in that venv. Skipped,
 saying why, without git history (a shallow clone, an upload without .git), or when the newest
 migration is the first. A second test adds a contracting revision (a renamed column) and checks that
 the same run then fails, so the check can fail.
@@ -31,10 +33,8 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, uv
 
-# The old suite's plugins, named: autoloading every installed plugin costs seconds of imports.
-OLD_SUITE_PLUGINS = ["pytest_asyncio.plugin", "_hypothesis_pytestplugin"]
 NOT_RESOURCES = {"__init__", "common", "health", "core"}
 
 
@@ -91,6 +91,22 @@ def resource_tests(tree: Path) -> list[str]:
     return [name for name in found if (tree / name).is_file()]
 
 
+def install(tree: Path) -> Path:
+    """The release's own dependencies in tree/.venv, from uv's cache when today's install shares them."""
+    venv = tree / ".venv"
+    if (tree / "uv.lock").is_file():
+        command = [uv(), "sync", "--locked", "--quiet", "--project", str(tree), "--python", sys.executable]
+    elif (tree / "requirements-dev.txt").is_file():
+        subprocess.run([uv(), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+        command = [uv(), "pip", "install", "--quiet", "--python", str(venv), "-r", str(tree / "requirements-dev.txt")]
+    else:
+        pytest.fail(f"{tree.name} has neither uv.lock nor requirements-dev.txt: its test dependencies are unknown")
+    environment = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+    installed = subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, f"installing the release's dependencies failed:\n{installed.stderr[-3000:]}"
+    return venv / "bin" / "python"
+
+
 def run_old_suite(tree: Path, tests: list[str], server_url: str) -> subprocess.CompletedProcess[str]:
     """Its own conftest builds its database on the suite's server (TEST_DATABASE_URL) and drops it."""
     environment = {
@@ -99,9 +115,9 @@ def run_old_suite(tree: Path, tests: list[str], server_url: str) -> subprocess.C
         if not key.startswith(("COV_CORE_", "COVERAGE_", "PYTEST_")) and key not in {"DATABASE_URL", "PYTHONPATH"}
     }
     environment.pop("INSTANCE_CONNECTION_NAME", None)
-    environment |= {"TEST_DATABASE_URL": server_url, "PYTHONPATH": str(tree), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    plugins = [argument for plugin in OLD_SUITE_PLUGINS for argument in ("-p", plugin)]
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *plugins, "-o", "addopts=", *tests]
+    environment |= {"TEST_DATABASE_URL": server_url, "PYTHONPATH": str(tree)}
+    python = str(tree / ".venv" / "bin" / "python")
+    command = [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
     return subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -109,6 +125,7 @@ def run_old_suite(tree: Path, tests: list[str], server_url: str) -> subprocess.C
 def release_before(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
     commit, why = release_before_newest_migration()
     tree = checkout(commit, tmp_path_factory.mktemp("release-before"))
+    install(tree)
     return commit, why, tree
 
 
