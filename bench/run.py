@@ -914,13 +914,22 @@ def wrk_version(wrk: str) -> str:
     return output.splitlines()[0] if output else "unknown"
 
 
+def severity(line: str) -> str | None:
+    """A JSON log line's severity; None for anything else (a traceback, a plain-text line)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry.get("severity") if isinstance(entry, dict) else None
+
+
 def collect_unusual_log_lines(logs: Path) -> dict[str, list[str]]:
     """Server output other than the service's INFO/NOTICE JSON lines: errors, tracebacks, warnings."""
     found: dict[str, list[str]] = {}
     for log in sorted(logs.glob("*.log")):
         key = log.name.split("-")[0]
         for line in log.read_text(errors="replace").splitlines():
-            if '"severity": "INFO"' in line or '"severity": "NOTICE"' in line or not line.strip():
+            if not line.strip() or severity(line) in {"INFO", "NOTICE"}:
                 continue
             found.setdefault(key, [])
             if len(found[key]) < 200:
