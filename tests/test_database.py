@@ -275,3 +275,38 @@ async def test_lending_the_last_connection_does_not_delay_the_next_request(conne
     pool.release(await pool.acquire())
     assert time.monotonic() - started < 0.5
     await pool.close()
+
+
+async def test_a_ping_cancelled_midway_gives_its_slot_back(connect: Callable) -> None:  # type: ignore[type-arg]
+    """A request cancelled while its idle connection is pinged (a client gone, a /readyz timeout)
+    must not keep the slot: after max_size such cancellations the pool would serve nobody."""
+    pool = _pool(connect, max_size=1, ping_after_s=0)  # every idle connection is pinged
+    pool.release(await pool.acquire())
+    for _ in range(3):
+        pinging = asyncio.ensure_future(pool.acquire())
+        await asyncio.sleep(0)  # into the ping's round trip
+        pinging.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pinging
+        assert pool.size == 0
+        pool.release(await pool.acquire())  # the slot is free again: a new connection
+    await pool.close()
+
+
+async def test_waiters_behind_a_failed_open_fail_at_once(database_url: str) -> None:
+    """When the server cannot be reached, those queued behind the attempt try themselves and get
+    the error at once, instead of waiting out the pool's timeout for a connection that never comes."""
+    attempts = 0
+
+    async def unreachable() -> asyncpg.Connection:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0.05)
+        raise OSError("connection refused")
+
+    pool = _pool(unreachable, max_size=1, timeout_s=10)  # type: ignore[arg-type]
+    started = time.monotonic()
+    results = await asyncio.gather(*(pool.acquire() for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(result, OSError) for result in results) and attempts == 3
+    assert time.monotonic() - started < 1
+    await pool.close()

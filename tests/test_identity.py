@@ -48,7 +48,11 @@ def bearer(token: str) -> dict[str, str]:
 
 def _forged(issuer: Issuer, **header_and_claims: Any) -> str:
     """A token whose header we choose freely (alg none, HMAC with a public key...)."""
-    header = {"alg": header_and_claims.pop("alg"), "kid": issuer.keys[0].kid, "typ": "JWT"}
+    header = {
+        "alg": header_and_claims.pop("alg"),
+        "kid": header_and_claims.pop("kid", issuer.keys[0].kid),
+        "typ": "JWT",
+    }
     payload = json.loads(base64.urlsafe_b64decode(issuer.token().split(".")[1] + "=="))
 
     def encode(part: dict[str, Any]) -> str:
@@ -81,6 +85,8 @@ async def test_another_scheme_is_401(client: httpx.AsyncClient) -> None:
         ("unknown_key", "unknown key"),
         ("alg_none", "algorithm"),
         ("hmac_with_public_key", "algorithm"),
+        ("alg_not_a_string", "algorithm"),
+        ("kid_not_a_string", "not a well-formed JWT"),
     ],
 )
 async def test_an_invalid_token_is_401_and_says_why(
@@ -96,6 +102,8 @@ async def test_an_invalid_token_is_401_and_says_why(
         "unknown_key": lambda: issuer.token(key=SigningKey()),
         "alg_none": lambda: _forged(issuer, alg="none"),
         "hmac_with_public_key": lambda: _forged(issuer, alg="HS256", signature="c2lnbmF0dXJl"),
+        "alg_not_a_string": lambda: _forged(issuer, alg=["RS256"], signature="c2lnbmF0dXJl"),
+        "kid_not_a_string": lambda: _forged(issuer, alg="RS256", kid=[issuer.keys[0].kid]),
     }[case]()
     response = await client.get("/v1/projects", headers=bearer(token))
     body = assert_problem(response, 401)

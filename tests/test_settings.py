@@ -68,6 +68,12 @@ def test_instance_needs_an_iam_user(monkeypatch: pytest.MonkeyPatch) -> None:
     ("variable", "value"),
     [
         ("DATABASE_URL", "mysql://u@h/db"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@h:notaport/db"),
+        ("DATABASE_URL", "postgresql+asyncpg://u@h:70000/db"),
+        ("DB_NAME", ""),
+        ("DB_STATEMENT_TIMEOUT_MS", "3000000000"),
+        ("OIDC_JWKS_URL", "file:///etc/passwd"),
+        ("OIDC_JWKS_URL", "http://keys.example.com/certs"),
         ("INSTANCE_CONNECTION_NAME", "just-a-name"),
         ("DB_IP_TYPE", "carrier-pigeon"),
         ("DB_POOL_SIZE", "-1"),

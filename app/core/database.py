@@ -92,24 +92,30 @@ class Database:
 
     async def _open_pool(self) -> Pool:
         settings = self._settings
-        pool = Pool(
-            await self._connector_of(),
-            max_size=settings.db_pool_size + settings.db_max_overflow,  # at most this many per instance
-            min_idle=settings.db_pool_size,  # kept open while idle; the overflow closes after idle_s
-            idle_s=settings.db_pool_idle_s,
-            timeout_s=settings.db_pool_timeout_s,  # wait this long for a free connection, then 503
-            recycle_s=RECYCLE_S,
-            ping_after_s=IDLE_PING_AFTER_S,
-        )
-        try:
+        pool: Pool | None = None
+        try:  # everything here fails as a 503 that says why: credentials, refusals, timeouts
+            pool = Pool(
+                await self._connector_of(),
+                max_size=settings.db_pool_size + settings.db_max_overflow,  # at most this many per instance
+                min_idle=settings.db_pool_size,  # kept open while idle; the overflow closes after idle_s
+                idle_s=settings.db_pool_idle_s,
+                timeout_s=settings.db_pool_timeout_s,  # wait this long for a free connection, then 503
+                recycle_s=RECYCLE_S,
+                ping_after_s=IDLE_PING_AFTER_S,
+            )
             async with asyncio.timeout(settings.db_pool_timeout_s + 10):
                 connection = await pool.acquire()
-                user = await connection.fetchval("SELECT current_user")
+                try:
+                    user = await connection.fetchval("SELECT current_user")
+                except BaseException:
+                    pool.release(connection, discard=True)
+                    raise
             pool.release(connection)
         except Exception as error:
             reason = describe(error, self._cloud_sql)
             logger.error("cannot connect to %s: %s", self.target, reason)
-            await pool.close()
+            if pool is not None:
+                await pool.close()
             raise DatabaseUnavailable(reason) from error
         logger.info("connected to %s (database user %s)", self.target, user)
         return pool

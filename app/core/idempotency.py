@@ -75,7 +75,9 @@ _STORE = Query(
 )
 
 
-_IN_PROGRESS = Conflict("a request with this Idempotency-Key is still in progress; retry later")
+def _in_progress() -> Conflict:
+    """A new exception each time: one raised again keeps every earlier raise's frames alive."""
+    return Conflict("a request with this Idempotency-Key is still in progress; retry later")
 
 
 class Idempotency:
@@ -95,7 +97,7 @@ class Idempotency:
         )
         assert record is not None  # one row, whatever the join finds
         if not record["free"]:
-            raise _IN_PROGRESS
+            raise _in_progress()
         if record["key"] is None:
             return None
         if record["fingerprint"] != self.fingerprint:
@@ -119,7 +121,7 @@ class Idempotency:
             etag=response.headers["ETag"],
         )
         if stored is None:  # a repeat got its answer stored first: undo this write, the retry replays
-            raise _IN_PROGRESS
+            raise _in_progress()
 
 
 async def _fingerprint(request: Request) -> str:

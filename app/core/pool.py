@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 REFUSED_BACKOFF_S = 1.0  # after a "too many connections", open no new one for about this long
+PING_TIMEOUT_S = 2.0  # a ping unanswered this long means a dead socket (a failover leaves some)
 
 
 class PoolTimeout(Exception):
@@ -113,10 +114,11 @@ class Pool:
         except asyncpg.TooManyConnectionsError as refusal:
             self._refused_until = time.monotonic() + REFUSED_BACKOFF_S * random.uniform(0.5, 1.5)  # noqa: S311
             self._refusal = refusal
-            if not self._born:  # those waiting behind this attempt have nothing to wait for: wake them
-                while self._hand_over(None):
-                    pass
+            self._wake_all_unless_holding()
             return None
+        except BaseException:  # unreachable, or cancelled: those waiting behind this attempt try
+            self._wake_all_unless_holding()  # themselves (and fail as fast) rather than time out
+            raise
         finally:
             self._opening -= 1
         self._born[connection] = time.monotonic()
@@ -149,6 +151,12 @@ class Pool:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
+    def _wake_all_unless_holding(self) -> None:
+        """Waiters wait for a connection of ours to come back: holding none, they are told at once."""
+        if not self._born:
+            while self._hand_over(None):
+                pass
+
     def _waiting(self) -> bool:
         return any(not waiter.done() for waiter in self._waiters)
 
@@ -163,10 +171,13 @@ class Pool:
     async def _alive(self, connection: asyncpg.Connection) -> bool:
         """Ping a connection that sat idle: sockets die between requests (throttled CPU, failovers)."""
         try:
-            await connection.execute("SELECT 1")
+            await connection.execute("SELECT 1", timeout=PING_TIMEOUT_S)
         except Exception:
             self.release(connection, discard=True)
             return False
+        except BaseException:  # cancelled mid-ping: the connection's state is unknown, so it goes
+            self.release(connection, discard=True)
+            raise
         return True
 
     def _close_expired(self) -> None:

@@ -38,14 +38,14 @@ class Settings(BaseModel):
     database_url: str | None = None
     instance_connection_name: str | None = Field(default=None, pattern=r"^[^:\s]+:[^:\s]+:[^:\s]+$")
     db_iam_user: str | None = None
-    db_name: str = "app"
+    db_name: str = Field(default="app", min_length=1, max_length=63)
     db_ip_type: Literal["public", "private", "psc"] = "public"
     cloud_sql_admin_endpoint: str | None = None
     db_pool_size: int = Field(default=5, ge=0, le=100)
     db_max_overflow: int = Field(default=2, ge=0, le=100)
     db_pool_idle_s: float = Field(default=10, ge=0, le=3600)
     db_pool_timeout_s: float = Field(default=10, gt=0, le=300)
-    db_statement_timeout_ms: int = Field(default=5000, ge=0)
+    db_statement_timeout_ms: int = Field(default=5000, ge=0, le=2**31 - 1)  # PostgreSQL's int limit
     db_transaction_pooling: bool = False  # DATABASE_URL is a pooler in transaction mode (PgBouncer)
 
     auth_mode: Literal["none", "google", "oidc"] = "none"
@@ -60,11 +60,27 @@ class Settings(BaseModel):
     trusted_proxy_hops: int = Field(default=1, ge=0, le=10)
     cors_allowed_origins: str = ""
 
+    @field_validator("oidc_jwks_url")
+    @classmethod
+    def _key_set_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"https://|http://(127\.0\.0\.1|localhost|\[::1\])[:/]", url):
+            raise ValueError("must be an https:// URL (http:// only on 127.0.0.1 or localhost)")
+        return url
+
     @field_validator("database_url")
     @classmethod
     def _async_postgres_url(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith("postgresql+asyncpg://"):
             raise ValueError("must be a postgresql+asyncpg:// URL")
+        if url is not None:
+            from sqlalchemy.engine import make_url  # imported by the app anyway; not by this module's users
+
+            try:
+                port = make_url(url).port
+            except ValueError:
+                raise ValueError("is not a valid URL (its port must be a number)") from None
+            if port is not None and not 0 < port < 65536:
+                raise ValueError("has a port out of range (1-65535)")
         return url
 
     @field_validator("auth_allowed_principals")

@@ -72,7 +72,7 @@ class KeySet:
 
 
 def _download_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (a configured https URL)
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_S) as response:  # noqa: S310 (https, or http on loopback: Settings checks)
         document: dict[str, Any] = json.loads(response.read())
         return document
 
@@ -114,11 +114,15 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
             raise Unauthenticated("the token is not a well-formed JWT", token_refused=True) from None
-        key = await self.keys.key_for(header.get("kid"))
+        key = await self.keys.key_for(header.get("kid"))  # PyJWT refuses a kid that is not a string
         if key is None:
             raise Unauthenticated("the token was signed with an unknown key", token_refused=True)
-        algorithm = header.get("alg")
-        if algorithm not in ALGORITHMS or algorithm != (key.algorithm_name or algorithm):
+        algorithm = header.get("alg")  # any JSON value: PyJWT does not check it
+        if (
+            not isinstance(algorithm, str)
+            or algorithm not in ALGORITHMS
+            or algorithm != (key.algorithm_name or algorithm)
+        ):
             raise Unauthenticated("the token's signing algorithm is not accepted", token_refused=True)
         try:
             claims = jwt.decode(
