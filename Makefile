@@ -30,8 +30,10 @@ $(CURDIR)/.uv/bin/uv:
 run: $(BIN)/.installed
 	$(BIN)/python scripts/run_local.py
 
+# WORKERS given on make's command line is also exported to the recipe, where every server the tests
+# start would read it as functions-framework's worker count: WORKERS=0 would serve nothing.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -n $(WORKERS) $(COVERAGE) $(PYTEST_ARGS)
+	env -u WORKERS $(BIN)/python -m pytest -n $(WORKERS) $(COVERAGE) $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -21,6 +21,16 @@ def unique(label: str = "item") -> str:
     return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
+def unused_name(root: Path = ROOT) -> str:
+    """A service name that appears nowhere in the checkout, so nothing of a rename to it can be mistaken."""
+    import rename  # scripts/ is not a package; conftest.py puts it on sys.path
+
+    text = "\n".join(path.read_text(errors="replace") for path in rename.text_files(root))
+    while (name := f"zeta-{uuid.uuid4().hex[:8]}") in text:
+        pass
+    return name
+
+
 def libpq_url(sqlalchemy_url: str) -> str:
     return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 

@@ -10,13 +10,12 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, uv
+from tests.helpers import ROOT, unused_name, uv
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import rename  # scripts/ is not a package
@@ -102,16 +101,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
-def _unused_name() -> str:
-    text = "\n".join(path.read_text(errors="replace") for path in rename.text_files(ROOT))
-    while (name := f"zeta-{uuid.uuid4().hex[:8]}") in text:
-        pass
-    return name
-
-
 def test_rename_to_a_new_name_then_to_the_readme_example(repository: Path) -> None:
     example = _readme_example()
-    for name in (_unused_name(), example):
+    for name in (unused_name(), example):
         before = rename.current_names(repository)
         result = _rename(repository, name)
         assert result.returncode == 0, result.stderr

@@ -3,51 +3,15 @@
 Each test runs the script for real, with a deadline, against this session's PostgreSQL.
 """
 
-import os
-import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import httpx
 import psutil
-import pytest
 
-from tests.conftest import ROOT
 from tests.function_server import free_port
-
-DEADLINE_S = 60
-
-
-def _environment(**settings: str) -> dict[str, str]:
-    """The user's environment less database settings; HOST="" wins over a .env and means the default."""
-    environment = {key: value for key, value in os.environ.items() if key not in ("INSTANCE_CONNECTION_NAME",)}
-    return environment | {"HOST": "", "LOG_FORMAT": "json"} | settings
-
-
-@contextmanager
-def run_local(**settings: str) -> Iterator[subprocess.Popen[str]]:
-    """The script in a session of its own, as a terminal runs it; whatever is left is killed afterwards."""
-    process = subprocess.Popen(
-        [sys.executable, "scripts/run_local.py"],
-        cwd=ROOT,
-        env=_environment(**settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=DEADLINE_S)
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
+from tests.local_run import DEADLINE_S, run_local, stop_with_ctrl_c, wait_until_serving
 
 
 def _refusal(**settings: str) -> str:
@@ -92,25 +56,10 @@ def test_serving_on_is_printed_once_it_accepts_on_loopback_and_ctrl_c_stops_ever
 ) -> None:
     port = free_port()
     with run_local(PORT=str(port), DATABASE_URL=create_database()) as process:
-        assert process.stdout is not None
-        deadline = time.monotonic() + DEADLINE_S
-        for line in process.stdout:
-            if line.startswith("serving on"):
-                break
-            assert time.monotonic() < deadline, "no 'serving on' in time"
-        else:
-            pytest.fail(f"the script ended without serving: {process.stderr.read()}")  # type: ignore[union-attr]
+        line = wait_until_serving(process)
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             pass  # accepting the moment the line is printed
-        assert line.strip() == f"serving on http://127.0.0.1:{port}  (Ctrl-C to stop)"
+        assert line == f"serving on http://127.0.0.1:{port}  (Ctrl-C to stop)"
         assert _listening(process) == {("127.0.0.1", port)}
         assert httpx.get(f"http://127.0.0.1:{port}/v1/projects", timeout=10).status_code == 200
-        started = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
-
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
-        process.wait(timeout=DEADLINE_S)
-    alive = [pid for pid in started if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], f"still running after Ctrl-C: {alive}"
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", port))  # the port is free again
+        stop_with_ctrl_c(process, port)

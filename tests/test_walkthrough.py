@@ -1,16 +1,22 @@
 """docs/adding-a-resource.md, executed, so the walk-through cannot drift from the code it teaches.
 
-A copy of the checkout gets every block of the page whose fence carries an instruction, in page order:
+It is followed the way a new user follows it: on a copy of the checkout, first renamed by
+scripts/rename.py to a name found nowhere in the repository, which then gets every block of the page
+whose fence carries an instruction, in page order:
 
 - ```python new=PATH      writes PATH, which must not exist yet;
+- ```markdown append=PATH adds the block at the end of PATH, after a blank line;
 - ```diff edit=PATH       hunks separated by `@@` lines; in each, the ` ` and `-` lines must occur in
                           PATH exactly once, as whole lines, and are replaced by the ` ` and `+` lines;
 - ```sh run               runs its `make migration NAME=...` against a fresh database (no other
                           command is allowed).
 
-Then the copy must hold the generated migration, pass ruff (on every file the page touched) and mypy
-(strict, as configured), and pass the page's tests and the migration round trip, run as a nested
-pytest against this session's PostgreSQL server.
+Then the copy must hold the generated migration, pass `make lint` (ruff check, ruff format --check,
+mypy strict, over the whole copy), and pass the page's tests, the migration round trip and the check
+of docs/api.md against the served OpenAPI, run as a nested pytest against this session's PostgreSQL
+server. Meanwhile the copy's scripts/run_local.py (`make run`) migrates the page's database and
+serves it: a project, a task and a comment are created over HTTP and the comment read back, then
+Ctrl-C must stop the script and all it started, and free the port.
 
 A repository where someone has followed the page (committed or not, with or without history)
 already holds its files: the copy first takes them out again (`unapply`), so the page is tested
@@ -18,7 +24,6 @@ from the state it starts from. Only when that cannot be done because the files w
 is the test skipped, saying so; on a repository that never followed the page, any mismatch fails.
 """
 
-import asyncio
 import contextlib
 import os
 import re
@@ -30,15 +35,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import httpx
 import pytest
 
-from tests.helpers import ROOT, public_tables
+from tests.function_server import free_port
+from tests.helpers import ROOT, unique, unused_name
+from tests.local_run import run_local, stop_with_ctrl_c, wait_until_serving
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import rename  # scripts/ is not a package
 
 DOC = ROOT / "docs" / "adding-a-resource.md"
 DOC_TESTS = "tests/test_comments.py"
-# The page's tests, and the migration round trip it edits (the new migration must also downgrade).
-NESTED_TESTS = [DOC_TESTS, "tests/test_migrations.py"]
-MIN_PASSED = 33  # what these collect today: fewer means tests were lost
+# The page's tests, the migration round trip (the models' schema exactly, and the new migration must also
+# downgrade) and the contract.
+NESTED_TESTS = [
+    DOC_TESTS,
+    "tests/test_migrations.py::test_upgrade_check_downgrade_upgrade_round_trip",
+    "tests/test_api_doc.py",
+]
+MIN_PASSED = 37  # what these collect today: fewer means tests were lost
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 300
 MIGRATION_CREATES = re.compile(r'op\.create_table\(\s*"comments",')
@@ -69,7 +85,7 @@ def instruction_blocks(markdown: str) -> list[Block]:
             if words:
                 assert len(words) == 1, f"{DOC.name}:{start}: one instruction per block, not {words}"
                 action, _, target = words[0].partition("=")
-                assert action in {"new", "edit", "run"}, f"{DOC.name}:{start}: unknown {words[0]!r}"
+                assert action in {"new", "append", "edit", "run"}, f"{DOC.name}:{start}: unknown {words[0]!r}"
                 assert (action == "run") == (not target), f"{DOC.name}:{start}: {words[0]!r} needs a path, or none"
                 path = PurePosixPath(target)
                 assert not path.is_absolute() and ".." not in path.parts, f"{DOC.name}:{start}: {target} escapes"
@@ -116,6 +132,9 @@ def apply(block: Block, repository: Path) -> Path:
         return path
     assert path.is_file(), f"{block.where()}: no such file"
     text = path.read_text()
+    if block.action == "append":
+        path.write_text(text.rstrip("\n") + "\n\n" + block.text)
+        return path
     for old, new in _hunks(block):
         found = _whole_lines(old, text)
         assert len(found) == 1, f"{block.where()}: these lines occur {len(found)} times, not once:\n{old}"
@@ -125,13 +144,18 @@ def apply(block: Block, repository: Path) -> Path:
 
 
 def unapply(blocks: list[Block], repository: Path) -> bool:
-    """Take out what following the page added (its files, edits and migration); whether there was any."""
+    """Take out what following the page added (files, appended sections, edits, migration); whether there was any."""
     found = False
     for block in blocks:
         path = repository / block.target
         if block.action == "new" and path.exists():
             path.unlink()
             found = True
+        elif block.action == "append":
+            text = path.read_text().rstrip()
+            if text.endswith(added := block.text.rstrip()):
+                path.write_text(text.removesuffix(added).rstrip("\n") + "\n")
+                found = True
         elif block.action == "edit":
             text = path.read_text()
             for old, new in _hunks(block):
@@ -184,13 +208,52 @@ def _run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> st
     return result.stdout
 
 
-def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_its_tests(
+def test_unapply_takes_out_exactly_what_the_page_puts_in(tmp_path: Path) -> None:
+    blocks = instruction_blocks(DOC.read_text())
+    for target in {block.target for block in blocks if block.action in ("edit", "append")}:
+        (tmp_path / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / target, tmp_path / target)
+    followed = unapply(blocks, tmp_path)  # the page's own state, should this checkout have followed it
+    before = {path: path.read_text() for path in tmp_path.rglob("*") if path.is_file()}
+    try:
+        for block in blocks:
+            if block.action != "run":
+                apply(block, tmp_path)
+    except AssertionError as mismatch:
+        if followed:
+            pytest.skip(f"this repository followed the page and has changed its files since: {mismatch}")
+        raise
+    assert unapply(blocks, tmp_path)
+    assert {path: path.read_text() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def _created(client: httpx.Client, url: str, body: dict[str, str]) -> httpx.Response:
+    response = client.post(url, json=body)
+    assert response.status_code == 201, response.text
+    return response
+
+
+def comment_over_http(port: int, title: str) -> None:
+    """A comment on a task of a project, created and read back from the copy's server, as a client would."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        assert client.get("/openapi.json").json()["info"]["title"] == title  # the copy serves, as renamed
+        project = _created(client, "/v1/projects", {"name": unique("walkthrough")}).json()
+        task = _created(client, f"/v1/projects/{project['id']}/tasks", {"title": "Review"}).json()
+        created = _created(client, f"/v1/tasks/{task['id']}/comments", {"body": "Looks good"})
+        read = client.get(created.headers["location"])
+    assert (read.status_code, read.json()) == (200, created.json())
+    assert (read.json()["task_id"], read.json()["body"]) == (task["id"], "Looks good")
+
+
+def test_the_walkthrough_on_a_renamed_copy_migrates_lints_types_passes_its_tests_and_serves_a_comment(
     tmp_path: Path, create_database: Callable[[], str], server_url: str
 ) -> None:
     repository = copy_checkout(tmp_path / "repository")
     versions = repository / "migrations" / "versions"
-    blocks = instruction_blocks(DOC.read_text())
-    followed = unapply(blocks, repository)
+    followed = unapply(instruction_blocks(DOC.read_text()), repository)
+    name = unused_name()
+    assert f" to {name} " in _run([sys.executable, "scripts/rename.py", name], repository)
+    blocks = instruction_blocks((repository / DOC.relative_to(ROOT)).read_text())  # the page as renamed
     existing_migrations = set(versions.glob("*.py"))
     database_url = create_database()
     migration_env = os.environ | {"DATABASE_URL": database_url}  # the test's database, not .data/postgres
@@ -198,8 +261,8 @@ def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_it
     changed: set[Path] = set()
     for block in blocks:
         if block.action == "run":
-            for name in migration_names(block):
-                _run([sys.executable, "scripts/new_migration.py", name], repository, migration_env)
+            for migration_name in migration_names(block):
+                _run([sys.executable, "scripts/new_migration.py", migration_name], repository, migration_env)
             continue
         try:
             changed.add(apply(block, repository))
@@ -209,28 +272,28 @@ def test_the_walkthrough_adds_a_resource_that_migrates_lints_types_and_passes_it
             raise
     assert repository / DOC_TESTS in changed, f"the page does not write {DOC_TESTS}"
 
-    (migration,) = set(versions.glob("*.py")) - existing_migrations
-    assert MIGRATION_CREATES.search(migration.read_text()), migration.read_text()
-    _run([sys.executable, "-m", "alembic", "upgrade", "head"], repository, migration_env)
-    assert "No new upgrade operations detected" in _run(
-        [sys.executable, "-m", "alembic", "check"], repository, migration_env
-    )
-    assert "comments" in asyncio.run(public_tables(database_url))
-
-    # Types are checked (the slowest step without a cache) while ruff and the page's tests run.
+    # Types are checked (the slowest step without a cache) while the rest runs: mypy reads app/ and main.py only.
     mypy = subprocess.Popen([BIN / "mypy"], cwd=repository, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        files = [str(path.relative_to(repository)) for path in sorted(changed | {migration})]
-        _run([str(BIN / "ruff"), "check", "--no-cache", *files], repository)
-        _run([str(BIN / "ruff"), "format", "--check", "--no-cache", *files], repository)
+        (migration,) = set(versions.glob("*.py")) - existing_migrations
+        assert MIGRATION_CREATES.search(migration.read_text()), migration.read_text()
+        port = free_port()
+        # `make run` applies the new migration to its database, then serves; it starts while the tests run.
+        with run_local(repository, PORT=str(port), DATABASE_URL=database_url) as server:
+            _run([str(BIN / "ruff"), "check", "--no-cache", "."], repository)
+            _run([str(BIN / "ruff"), "format", "--check", "--no-cache", "."], repository)
 
-        pytest_env = os.environ | {"TEST_DATABASE_URL": server_url}  # this session's server: no second PostgreSQL
-        for name in ("DATABASE_URL", "INSTANCE_CONNECTION_NAME", "PYTEST_ADDOPTS"):
-            pytest_env.pop(name, None)
-        tests = [sys.executable, "-m", "pytest", *NESTED_TESTS, "-q", "-p", "no:cacheprovider"]
-        output = _run(tests, repository, pytest_env)
-        passed = re.search(r"(\d+) passed", output)
-        assert passed is not None and int(passed.group(1)) >= MIN_PASSED, output[-3000:]
+            pytest_env = os.environ | {"TEST_DATABASE_URL": server_url}  # this session's server: no second PostgreSQL
+            for variable in ("DATABASE_URL", "INSTANCE_CONNECTION_NAME", "PYTEST_ADDOPTS"):
+                pytest_env.pop(variable, None)
+            tests = [sys.executable, "-m", "pytest", *NESTED_TESTS, "-q", "-p", "no:cacheprovider"]
+            output = _run(tests, repository, pytest_env)
+            passed = re.search(r"(\d+) passed", output)
+            assert passed is not None and int(passed.group(1)) >= MIN_PASSED, output[-3000:]
+
+            wait_until_serving(server)
+            comment_over_http(port, rename.Names.of(name).title)
+            stop_with_ctrl_c(server, port)
 
         typed, _ = mypy.communicate(timeout=TIMEOUT_S)
     finally:
