@@ -437,6 +437,45 @@ def test_every_build_submit_uploads_with_the_gitignore() -> None:
     assert ignored.returncode == 1, f"the build's upload would lack: {ignored.stdout.split()} {ignored.stderr}"
 
 
+def test_a_deploy_by_hand_uploads_only_the_function(tmp_path: Path) -> None:
+    """`gcloud functions deploy --source=.` reads .gcloudignore (gitignore syntax plus `#!include:`):
+    of every file in the repository, and of the ones a user makes (`.env` with a password), only
+    app/, main.py and requirements.txt may ship."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("no git checkout to list the repository's files with")
+    lines = []
+    for line in (ROOT / ".gcloudignore").read_text().splitlines():
+        included = line.removeprefix("#!include:")
+        lines += (ROOT / included).read_text().splitlines() if included != line else [line]
+    subprocess.run([tool("git"), "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("\n".join(lines) + "\n")
+    listed = subprocess.run(
+        [tool("git"), "-c", "safe.directory=*", "ls-files"], cwd=ROOT, capture_output=True, text=True
+    )
+    tracked = listed.stdout.split()
+    made_by_users = [
+        ".env",
+        ".env.local",
+        ".coverage",
+        "htmlcov/index.html",
+        ".venv/bin/python",
+        "app/__pycache__/x.pyc",
+    ]
+    paths = sorted(set(tracked) | set(made_by_users))
+    ignored = subprocess.run(
+        [tool("git"), "check-ignore", "--no-index", "--stdin"],
+        cwd=tmp_path,
+        input="\n".join(paths),
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    shipped = sorted(set(paths) - set(ignored))
+    assert shipped, "nothing would ship"
+    assert all(path.startswith("app/") or path in {"main.py", "requirements.txt"} for path in shipped), shipped
+    assert "main.py" in shipped and "requirements.txt" in shipped and "app/api.py" in shipped
+    assert "app/__pycache__/x.pyc" not in shipped
+
+
 # IAM: bootstrap's grants, run through the stand-in gcloud, against docs/permissions.md.
 
 PROJECT = "demo-project"
