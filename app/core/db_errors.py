@@ -17,11 +17,11 @@ from app.core.pool import PoolTimeout
 
 logger = logging.getLogger(__name__)
 
-# Worth another connection attempt: the server is restarting, full, or not reachable yet.
+# Worth another connection attempt at once: the server is restarting or not reachable yet. A full
+# server ("too many connections") is not retried here: the pool backs off for a second instead.
 TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable (ConnectionError is an OSError)
     asyncpg.CannotConnectNowError,  # "the database system is starting up / shutting down"
-    asyncpg.TooManyConnectionsError,
 )
 
 
