@@ -23,6 +23,10 @@ def test_a_workflow_runs_ci_run_on_push_and_pull_request() -> None:
             if [".ci/run"] in commands:
                 assert {"push", "pull_request"} <= set(triggers), f"{path.name}: runs on {triggers}"
                 assert commands == [[".ci/run"]], f"{path.name}: .ci/run and nothing else, not {commands}"
+                checkouts = [step for step in job["steps"] if str(step.get("uses", "")).startswith("actions/checkout")]
+                assert all(step.get("with", {}).get("fetch-depth") == 0 for step in checkouts), (
+                    f"{path.name}: a shallow checkout skips the release-compatibility test"
+                )
                 runs.append(path.name)
     assert runs, "no workflow runs .ci/run"
 
