@@ -54,7 +54,7 @@ lock: | $(UV)
 	$(UV) sync --locked --quiet --python $(PYTHON)
 	@touch $(BIN)/.installed
 
-# Autogenerate the next migration from app/models.py: make migration NAME="add comments"
+# Autogenerate the next migration from the tables in app/<resource>/models.py: make migration NAME="add comments"
 migration: $(BIN)/.installed
 	$(BIN)/python scripts/new_migration.py "$(NAME)"
 

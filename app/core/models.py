@@ -23,13 +23,10 @@ SET_BY_SERVER = {"server_default": func.now()}
 
 
 def _storable(value: str) -> str:
-    """PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate: reject both."""
+    """PostgreSQL text cannot hold NUL. (A lone surrogate cannot get this far: the body's strict
+    JSON check refuses `\\ud800`, and query strings are decoded with replacement characters.)"""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
     return value
 
 

@@ -94,7 +94,7 @@ class Keyset:
     def _binding(self, values: dict[str, Any]) -> bytes:
         digest = hashlib.blake2b(self._list, digest_size=8)
         for name in sorted(values):
-            digest.update(f"\n{name}={values[name]}".encode(errors="surrogatepass"))
+            digest.update(f"\n{name}={values[name]}".encode())
         return digest.digest()
 
     @staticmethod
