@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from app.api import create_app
 from app.core.settings import Settings
 from tests.function_server import FunctionServer, serve_function
-from tests.helpers import ROOT, admin, run_alembic, unique, with_database
+from tests.helpers import ROOT, admin, asgi_client, run_alembic, unique, with_database
 
 if TYPE_CHECKING:
     from tests.identity_fakes import Issuer
@@ -83,8 +83,7 @@ async def app(database_url: str) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture(scope="session")
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with asgi_client(app) as http:
         yield http
 
 

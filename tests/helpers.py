@@ -116,3 +116,9 @@ def uv() -> str:
     found = os.environ.get("UV") or shutil.which("uv") or str(ROOT / ".uv" / "bin" / "uv")
     assert Path(found).is_file(), f"no uv at {found}: run the tests with `make test`, which installs it"
     return found
+
+
+def asgi_client(app: Any, *, timeout: float = 5) -> httpx.AsyncClient:
+    """An HTTP client that calls the app in-process; an app's exception is its 500, as served."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=timeout)

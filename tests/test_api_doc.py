@@ -26,7 +26,7 @@ from app.core import cors, middleware
 from app.core.errors import ProblemDocument, ProblemError, ServiceUnavailable, invalid_json
 from app.core.http import MAX_VERSION
 from tests.conftest import ROOT
-from tests.helpers import MISSING_ID
+from tests.helpers import MISSING_ID, asgi_client
 
 DOC = ROOT / "docs" / "api.md"
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
@@ -50,8 +50,7 @@ def openapi() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 async def offline() -> AsyncIterator[httpx.AsyncClient]:
     """The app without authentication, for requests that no handler answers (nothing connects)."""
-    transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with asgi_client(_app()) as http:
         yield http
 
 

@@ -26,7 +26,7 @@ from app.core.settings import Settings
 from tests import cloud_sql_roles
 from tests.cloud_sql_fake import PROXY_PORT, CertificateAuthority, FakeCloudSQL
 from tests.cloud_sql_roles import CloudSqlShape
-from tests.helpers import ROOT, assert_problem, fetch, unique
+from tests.helpers import ROOT, asgi_client, assert_problem, fetch, unique
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,7 @@ async def app_client(
         cloud_sql_admin_endpoint=fake.url,
     )
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         yield client, app
     await app.state.database.dispose()
     fake.admin_status, fake.token_error, fake.refuse_login = 200, False, False

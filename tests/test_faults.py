@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from app.api import create_app
 from app.core.settings import Settings
-from tests.helpers import assert_problem, fetch, fetchval, libpq_url, run_alembic, unique
+from tests.helpers import asgi_client, assert_problem, fetch, fetchval, libpq_url, run_alembic, unique
 from tests.private_postgres import PrivatePostgres, private_postgres
 
 
@@ -28,8 +28,7 @@ def own_postgres() -> Iterator[tuple[PrivatePostgres, str]]:
 
 
 async def _client(app: FastAPI) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30)
+    return asgi_client(app, timeout=30)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from app.api import create_app
 from app.core.settings import Settings
 from tests.function_server import FunctionServer
-from tests.helpers import unique
+from tests.helpers import asgi_client, unique
 from tests.identity_fakes import AUDIENCE, Issuer
 
 T = TypeVar("T")
@@ -132,8 +132,7 @@ class _AppInItsLoop:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.application = create_app(settings)
-        transport = httpx.ASGITransport(app=self.application, raise_app_exceptions=False)
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30)
+        self.http = asgi_client(self.application, timeout=30)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)

@@ -28,7 +28,7 @@ from app.api import create_app
 from app.core.settings import Settings
 from tests import test_idempotency, test_pagination, test_projects, test_tasks
 from tests.function_server import free_port
-from tests.helpers import assert_problem, unique
+from tests.helpers import asgi_client, assert_problem, unique
 
 PGBOUNCER = shutil.which("pgbouncer")
 if PGBOUNCER is None:
@@ -118,8 +118,7 @@ async def pooled_app(pooler_url: str) -> AsyncIterator[FastAPI]:
 @pytest.fixture(scope="module")
 async def client(pooled_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Overrides the suite's client for every test collected in this module."""
-    transport = httpx.ASGITransport(app=pooled_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with asgi_client(pooled_app) as http:
         yield http
 
 
