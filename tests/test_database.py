@@ -293,7 +293,7 @@ async def test_a_ping_cancelled_midway_gives_its_slot_back(connect: Callable) ->
     await pool.close()
 
 
-async def test_waiters_behind_a_failed_open_fail_at_once(database_url: str) -> None:
+async def test_waiters_behind_a_failed_open_fail_at_once() -> None:
     """When the server cannot be reached, those queued behind the attempt try themselves and get
     the error at once, instead of waiting out the pool's timeout for a connection that never comes."""
     attempts = 0

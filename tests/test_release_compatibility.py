@@ -91,7 +91,7 @@ def resource_tests(tree: Path) -> list[str]:
     return [name for name in found if (tree / name).is_file()]
 
 
-def install(tree: Path) -> Path:
+def install(tree: Path) -> None:
     """The release's own dependencies in tree/.venv, from uv's cache when today's install shares them."""
     venv = tree / ".venv"
     if (tree / "uv.lock").is_file():
@@ -104,7 +104,6 @@ def install(tree: Path) -> Path:
     environment = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
     installed = subprocess.run(command, cwd=tree, env=environment, capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, f"installing the release's dependencies failed:\n{installed.stderr[-3000:]}"
-    return venv / "bin" / "python"
 
 
 def run_old_suite(tree: Path, tests: list[str], server_url: str) -> subprocess.CompletedProcess[str]:

@@ -74,6 +74,7 @@ def test_instance_needs_an_iam_user(monkeypatch: pytest.MonkeyPatch) -> None:
         ("DB_STATEMENT_TIMEOUT_MS", "3000000000"),
         ("OIDC_JWKS_URL", "file:///etc/passwd"),
         ("OIDC_JWKS_URL", "http://keys.example.com/certs"),
+        ("OIDC_JWKS_URL", "http://localhost:x@keys.example.com/certs"),
         ("INSTANCE_CONNECTION_NAME", "just-a-name"),
         ("DB_IP_TYPE", "carrier-pigeon"),
         ("DB_POOL_SIZE", "-1"),

@@ -9,6 +9,7 @@ import os
 import re
 from functools import lru_cache
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -63,8 +64,13 @@ class Settings(BaseModel):
     @field_validator("oidc_jwks_url")
     @classmethod
     def _key_set_url(cls, url: str | None) -> str | None:
-        if url is not None and not re.match(r"https://|http://(127\.0\.0\.1|localhost|\[::1\])[:/]", url):
-            raise ValueError("must be an https:// URL (http:// only on 127.0.0.1 or localhost)")
+        """The signing keys decide who gets in: fetched over https, or over http on this machine only."""
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        loopback = parts.hostname in {"127.0.0.1", "localhost", "::1"} and not parts.username
+        if not (parts.scheme == "https" and parts.hostname) and not (parts.scheme == "http" and loopback):
+            raise ValueError("must be an https:// URL (http:// only on 127.0.0.1, localhost or [::1])")
         return url
 
     @field_validator("database_url")
