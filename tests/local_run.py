@@ -3,15 +3,19 @@
 Shared by the tests of the script itself and the walk-through, which serves its renamed copy.
 """
 
+import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import psutil
 import pytest
@@ -50,14 +54,29 @@ def run_local(root: Path = ROOT, **settings: str) -> Iterator[subprocess.Popen[s
 
 
 def wait_until_serving(process: subprocess.Popen[str]) -> str:
-    """The "serving on" line, once the script prints it; fails if the script ends first."""
+    """The "serving on" line, once the script prints it; fails if the script ends first or stays
+    silent for DEADLINE_S. A thread reads stdout, then keeps draining it, so the server never
+    blocks on a full pipe."""
     assert process.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read(stream: IO[str]) -> None:
+        with contextlib.suppress(ValueError, OSError):  # the stream is closed when the test ends
+            for line in stream:
+                lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, args=(process.stdout,), daemon=True).start()
     deadline = time.monotonic() + DEADLINE_S
-    for line in process.stdout:
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            pytest.fail(f"no 'serving on' within {DEADLINE_S} s")
+        if line is None:
+            pytest.fail(f"the script ended without serving: {process.stderr.read()}")  # type: ignore[union-attr]
         if line.startswith("serving on"):
             return line.strip()
-        assert time.monotonic() < deadline, "no 'serving on' in time"
-    pytest.fail(f"the script ended without serving: {process.stderr.read()}")  # type: ignore[union-attr]
 
 
 def stop_with_ctrl_c(process: subprocess.Popen[str], port: int) -> None:
