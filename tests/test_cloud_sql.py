@@ -230,3 +230,24 @@ def test_alembic_ran_through_the_connector_as_the_migrator(
     )
     owners = {row["tablename"]: row["tableowner"] for row in rows}
     assert owners == dict.fromkeys(["alembic_version", *SQLModel.metadata.tables], shape.owner)
+
+
+async def test_no_credentials_at_all_is_a_503_that_says_so(
+    fake: FakeCloudSQL, shape: CloudSqlShape, iam_database: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without Application Default Credentials the connector cannot even be made: still the 503."""
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    settings = Settings(
+        database_url=None,
+        instance_connection_name=fake.connection_name,
+        db_iam_user=shape.runtime_sa,
+        db_name=iam_database,
+        cloud_sql_admin_endpoint=fake.url,
+    )
+    app = create_app(settings)
+    async with asgi_client(app) as client:
+        body = assert_problem(await client.get("/v1/projects"), 503)
+        assert "could not obtain Google credentials" in body["detail"]
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake.key_file(shape.runtime_sa)))
+        assert (await client.get("/v1/projects")).status_code == 200  # no stale failure cached
+    await app.state.database.dispose()
