@@ -33,7 +33,7 @@ EOF
 source scripts/deploy_settings.sh
 check_arguments "" "$@"
 
-command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+require_gcloud
 load_settings
 ALERT_EMAIL="${ALERT_EMAIL:-}"
 ALERT_5XX_RATIO="${ALERT_5XX_RATIO:-0.02}"

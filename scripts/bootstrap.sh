@@ -60,7 +60,7 @@ retry() {
   "$@"
 }
 
-command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+require_gcloud
 load_settings
 DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"

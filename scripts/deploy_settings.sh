@@ -47,6 +47,11 @@ check_arguments() {
   esac
 }
 
+# For the scripts that call gcloud themselves: say so once, before the first call fails obscurely.
+require_gcloud() {
+  command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+}
+
 # The settings and the names derived from them. Not on --help: looking PROJECT up calls gcloud.
 load_settings() {
   if [ -z "${PROJECT:-}" ] && command -v gcloud >/dev/null; then

@@ -39,7 +39,7 @@ case "$#:${1:-}" in
     ;;
 esac
 
-command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+require_gcloud
 load_settings
 where=(--region="$REGION" --project="$PROJECT")
 

@@ -32,7 +32,7 @@ if [ "${1:-}" = --yes ]; then
   delete_without_asking=yes
 fi
 
-command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
+require_gcloud
 load_settings
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, function $FUNCTION"

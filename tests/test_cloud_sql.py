@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI
 from sqlmodel import SQLModel
 
 from app.api import create_app
@@ -77,20 +78,25 @@ def run_alembic_env(environment: dict[str, str], *args: str) -> str:
     return result.stdout + result.stderr
 
 
+def _cloud_sql_app(fake: FakeCloudSQL, shape: CloudSqlShape, database: str) -> FastAPI:
+    """A fresh app (so a fresh connector) configured for the fake instance, as the runtime identity."""
+    settings = Settings(
+        database_url=None,
+        instance_connection_name=fake.connection_name,
+        db_iam_user=shape.runtime_sa,
+        db_name=database,
+        cloud_sql_admin_endpoint=fake.url,
+    )
+    return create_app(settings)
+
+
 @pytest.fixture
 async def app_client(
     fake: FakeCloudSQL, shape: CloudSqlShape, iam_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     """A fresh app (so a fresh connector) configured for Cloud SQL, as the runtime identity."""
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake.key_file(shape.runtime_sa)))
-    settings = Settings(
-        database_url=None,
-        instance_connection_name=fake.connection_name,
-        db_iam_user=shape.runtime_sa,
-        db_name=iam_database,
-        cloud_sql_admin_endpoint=fake.url,
-    )
-    app = create_app(settings)
+    app = _cloud_sql_app(fake, shape, iam_database)
     async with asgi_client(app) as client:
         yield client, app
     await app.state.database.dispose()
@@ -237,14 +243,7 @@ async def test_no_credentials_at_all_is_a_503_that_says_so(
 ) -> None:
     """Without Application Default Credentials the connector cannot even be made: still the 503."""
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
-    settings = Settings(
-        database_url=None,
-        instance_connection_name=fake.connection_name,
-        db_iam_user=shape.runtime_sa,
-        db_name=iam_database,
-        cloud_sql_admin_endpoint=fake.url,
-    )
-    app = create_app(settings)
+    app = _cloud_sql_app(fake, shape, iam_database)
     async with asgi_client(app) as client:
         body = assert_problem(await client.get("/v1/projects"), 503)
         assert "could not obtain Google credentials" in body["detail"]
