@@ -4,7 +4,8 @@ This module is imported once in the server's master process, before workers fork
 here is the cold-start preload. It opens no connection, starts no thread and makes no loop.
 
 The garbage collector is off while it runs: imports, models and routes make objects that live as
-long as the process, and the full collections they set off took 50-80 ms of the import. Those
+long as the process, and the full collections they set off were a large part of the import
+(docs/benchmarks.md). Those
 objects are then frozen (never scanned again), which also keeps later collections, and so the
 slowest requests, short, and leaves their memory pages shared with the forked worker.
 """
@@ -19,7 +20,7 @@ from starlette.responses import Response  # noqa: E402
 from starlette.types import Receive, Scope, Send  # noqa: E402
 
 from app.api import create_app  # noqa: E402
-from app.core.function import LazyLifespan, forward  # noqa: E402
+from app.core.web.function import LazyLifespan, forward  # noqa: E402
 
 app = create_app()  # validates the settings now, so a bad value stops start-up
 lifespan = LazyLifespan(app)

@@ -6,16 +6,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.core import health
-from app.core.auth import AuthenticationMiddleware, build_verifier
-from app.core.cors import ProblemCORSMiddleware
-from app.core.database import Database
-from app.core.db_errors import install_database_handlers
+from app.core.db.database import Database
+from app.core.db.failures import install_database_handlers
 from app.core.errors import install_problem_handlers
-from app.core.logs import configure_logging
-from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.core.openapi import install_openapi, problem_responses
+from app.core.identity.auth import AuthenticationMiddleware, build_verifier
+from app.core.observability.logs import configure_logging
 from app.core.settings import Settings, get_settings
+from app.core.web import health
+from app.core.web.cors import ProblemCORSMiddleware
+from app.core.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.core.web.openapi import install_openapi, problem_responses
 from app.projects.routes import router as projects_router
 from app.tasks.routes import router as tasks_router
 

@@ -24,8 +24,8 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import app.api  # noqa: F401  (imports every resource, which registers its tables on SQLModel.metadata)
-from app.core.database import Database
-from app.core.db_errors import causes
+from app.core.db.database import Database
+from app.core.db.failures import causes
 from app.core.settings import get_settings
 
 if context.config.config_file_name is not None and context.config.attributes.get("configure_logging", True):

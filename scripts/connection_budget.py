@@ -97,7 +97,7 @@ def needed(max_instances: int, per_instance: int) -> int:
 async def read_limits() -> tuple[int, int]:
     """max_connections and the reserved slots, from the server the settings point at."""
     sys.path.insert(0, str(ROOT))
-    from app.core.database import Database
+    from app.core.db.database import Database
     from app.core.settings import load_settings
 
     database = Database(load_settings())

@@ -22,9 +22,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from app.api import create_app
-from app.core import cors, middleware
 from app.core.errors import ProblemDocument, ProblemError, ServiceUnavailable, invalid_json
-from app.core.http import MAX_VERSION
+from app.core.web import cors, middleware
+from app.core.web.resources import MAX_VERSION
 from tests.conftest import ROOT
 from tests.helpers import MISSING_ID, asgi_client
 

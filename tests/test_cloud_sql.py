@@ -189,13 +189,13 @@ async def test_a_connection_failure_is_a_503_then_the_next_request_recovers(
         fake.admin_status = 403
     else:
         setattr(fake, failure, True)
-    with caplog.at_level(logging.ERROR, logger="app.core.database"):
+    with caplog.at_level(logging.ERROR, logger="app.core.db.database"):
         response = await client.get("/v1/projects")
     body = assert_problem(response, 503)
     assert reason in body["detail"]
     assert response.headers["retry-after"] == "5"
     assert "ya29" not in response.text and "BEGIN" not in response.text  # no token, no key material
-    logged = [record.getMessage() for record in caplog.records if record.name == "app.core.database"]
+    logged = [record.getMessage() for record in caplog.records if record.name == "app.core.db.database"]
     assert len(logged) == 1
     assert fake.connection_name in logged[0] and shape.runtime_sa in logged[0] and reason in logged[0]
     fake.admin_status, fake.token_error, fake.refuse_login = 200, False, False

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from app.core import pool as pool_module
-from app.core.database import Database
-from app.core.pool import Pool, PoolTimeout
+from app.core.db import pool as pool_module
+from app.core.db.database import Database
+from app.core.db.pool import Pool, PoolTimeout
 from app.core.settings import Settings
 from tests.helpers import fetchval, libpq_url
 

@@ -154,7 +154,7 @@ async def test_a_connection_killed_while_idle_is_replaced(
 
     With the ping threshold out of reach, the same drop costs one 503, and the next request works.
     """
-    from app.core import database
+    from app.core.db import database
 
     monkeypatch.setattr(database, "IDLE_PING_AFTER_S", idle_ping_after_s)
     url = own_postgres[1]

@@ -17,10 +17,10 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import create_app
-from app.core.logs import CloudLoggingFormatter, TextFormatter
-from app.core.middleware import MAX_HEADER_BYTES, MAX_TARGET_BYTES
-from app.core.pagination import CURSOR_LAYOUT
+from app.core.db.pagination import CURSOR_LAYOUT
+from app.core.observability.logs import CloudLoggingFormatter, TextFormatter
 from app.core.settings import Settings
+from app.core.web.middleware import MAX_HEADER_BYTES, MAX_TARGET_BYTES
 from tests.function_server import FunctionServer
 from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 from tests.identity_fakes import AUDIENCE, Issuer

@@ -96,7 +96,7 @@ async def test_a_failed_request_is_not_remembered(
     client: httpx.AsyncClient, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A 500 inside the write's transaction rolls back the write and the record: the retry creates."""
-    from app.core import idempotency
+    from app.core.web import idempotency
 
     headers, name = key(), unique("fail")
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.api import create_app
-from app.core import tokens
+from app.core.identity import tokens
 from app.core.settings import Settings
 from tests.helpers import assert_problem, unique
 from tests.identity_fakes import AUDIENCE, Issuer, SigningKey

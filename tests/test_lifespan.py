@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 import pytest
 from fastapi import FastAPI
 
-from app.core.function import LazyLifespan
+from app.core.web.function import LazyLifespan
 
 
 def _app_recording(events: list[str], *, failures: int = 0) -> FastAPI:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.core.logs import CloudLoggingFormatter, TextFormatter
+from app.core.observability.logs import CloudLoggingFormatter, TextFormatter
 from tests.helpers import unique
 from tests.identity_fakes import Issuer
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from app.core.logs import URL_LIMIT, clip
+from app.core.observability.logs import URL_LIMIT, clip
 
 logger = logging.getLogger(__name__)
 

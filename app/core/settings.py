@@ -1,8 +1,8 @@
 """All configuration, read once from the environment and validated before the service starts.
 
 Each field is the environment variable of its name in capitals (`db_pool_size`: `DB_POOL_SIZE`).
-A plain pydantic model: pydantic-settings would add 30 ms of imports to every cold start for a
-lookup this module does in one line.
+A plain pydantic model: pydantic-settings would add its imports to every cold start
+(docs/benchmarks.md) for a lookup this module does in one line.
 """
 
 import os

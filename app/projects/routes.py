@@ -5,12 +5,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.core.auth import principal_of
-from app.core.database import database_of
-from app.core.http import (
-    JSON,
+from app.core.db.database import database_of
+from app.core.db.pagination import Page, PageDep
+from app.core.identity.auth import principal_of
+from app.core.web.idempotency import IdempotencyDep
+from app.core.web.openapi import NOT_MODIFIED, problem_responses
+from app.core.web.resources import (
     IfMatch,
     IfNoneMatch,
+    RenderedJSON,
     accepted_versions,
     conditional_response,
     location_of,
@@ -18,9 +21,6 @@ from app.core.http import (
     require_json_or_merge_patch,
     resource_response,
 )
-from app.core.idempotency import IdempotencyDep
-from app.core.openapi import NOT_MODIFIED, problem_responses
-from app.core.pagination import Page, PageDep
 from app.projects import service
 from app.projects.models import NameSearch, ProjectCreate, ProjectPublic, ProjectUpdate
 
@@ -55,7 +55,7 @@ async def list_projects(
     """List projects, newest first, a page at a time (`next_cursor` gives the next page)."""
     async with database_of(request).connection() as connection:
         found = await service.list_projects(connection=connection, page=page, name_contains=q)
-    return JSON(found)
+    return RenderedJSON(found)
 
 
 @router.get("/{project_id}", response_model=ProjectPublic, responses=NOT_MODIFIED | problem_responses(404))

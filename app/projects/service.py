@@ -7,11 +7,11 @@ import asyncpg
 from sqlalchemy import bindparam, select
 from sqlmodel import col
 
-from app.core import crud
-from app.core.db_errors import violated_constraint
+from app.core.db import crud
+from app.core.db.failures import violated_constraint
+from app.core.db.pagination import Keyset, PageRequest
+from app.core.db.statements import LIKE_ESCAPE, Row, escape_like
 from app.core.errors import Conflict
-from app.core.pagination import Keyset, PageRequest
-from app.core.sql import LIKE_ESCAPE, Row, escape_like
 from app.projects.models import Project, ProjectCreate, ProjectUpdate
 
 _PROJECTS = Keyset(select(Project))

@@ -5,12 +5,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from app.core.auth import principal_of
-from app.core.database import database_of
-from app.core.http import (
-    JSON,
+from app.core.db.database import database_of
+from app.core.db.pagination import Page, PageDep
+from app.core.identity.auth import principal_of
+from app.core.web.idempotency import IdempotencyDep
+from app.core.web.openapi import NOT_MODIFIED, problem_responses
+from app.core.web.resources import (
     IfMatch,
     IfNoneMatch,
+    RenderedJSON,
     accepted_versions,
     conditional_response,
     location_of,
@@ -18,9 +21,6 @@ from app.core.http import (
     require_json_or_merge_patch,
     resource_response,
 )
-from app.core.idempotency import IdempotencyDep
-from app.core.openapi import NOT_MODIFIED, problem_responses
-from app.core.pagination import Page, PageDep
 from app.tasks import service
 from app.tasks.models import TaskCreate, TaskPublic, TaskStatus, TaskUpdate
 
@@ -63,7 +63,7 @@ async def list_tasks(
     """List a project's tasks, newest first, optionally only those with one status."""
     async with database_of(request).connection() as connection:
         found = await service.list_tasks(connection=connection, project_id=project_id, page=page, status=status)
-    return JSON(found)
+    return RenderedJSON(found)
 
 
 @router.get("/v1/tasks/{task_id}", response_model=TaskPublic, responses=NOT_MODIFIED | problem_responses(404))

@@ -7,18 +7,18 @@ import asyncpg
 from sqlalchemy import bindparam, exists, select
 from sqlmodel import col
 
-from app.core import crud
-from app.core.db_errors import missing_parent
+from app.core.db import crud
+from app.core.db.failures import missing_parent
+from app.core.db.pagination import Keyset, PageRequest
+from app.core.db.statements import Row, Statement
 from app.core.errors import InvalidRequest, not_found
-from app.core.pagination import Keyset, PageRequest
-from app.core.sql import Query, Row
 from app.projects.models import Project
 from app.tasks.models import Task, TaskCreate, TaskStatus, TaskUpdate
 
 _IN_PROJECT = col(Task.project_id) == bindparam("project_id")
 _TASKS = Keyset(select(Task).where(_IN_PROJECT))
 _TASKS_WITH_STATUS = Keyset(select(Task).where(_IN_PROJECT, col(Task.status) == bindparam("status")))
-_PROJECT_EXISTS = Query(select(exists().where(col(Project.id) == bindparam("project_id"))))
+_PROJECT_EXISTS = Statement(select(exists().where(col(Project.id) == bindparam("project_id"))))
 
 
 async def get_task(*, connection: asyncpg.Connection, task_id: uuid.UUID) -> Row:

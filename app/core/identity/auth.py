@@ -39,7 +39,7 @@ def build_verifier(settings: Settings) -> Any:
     """The token verifier for the settings, or None with AUTH_MODE=none (PyJWT is not even loaded)."""
     if settings.auth_mode == "none":
         return None
-    from app.core import tokens
+    from app.core.identity import tokens
 
     assert settings.auth_audience is not None  # Settings requires it with google and oidc
     if settings.auth_mode == "google":

@@ -21,8 +21,8 @@ import orjson
 from fastapi import Header, Request, Response
 from werkzeug.http import parse_etags
 
+from app.core.db.statements import Row
 from app.core.errors import UnsupportedMediaType, invalid_json
-from app.core.sql import Row
 
 MAX_VERSION = 2**31 - 1  # `version` is a PostgreSQL integer
 
@@ -78,7 +78,7 @@ def render(content: Any) -> bytes:
     return orjson.dumps(content, default=_encode, option=orjson.OPT_UTC_Z)
 
 
-class JSON(Response):
+class RenderedJSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
@@ -90,7 +90,7 @@ def resource_response(row: Row, *, status_code: int = 200, location: str | None 
     headers = {"ETag": entity_tag(row)}
     if location is not None:
         headers["Location"] = location
-    return JSON(row, status_code=status_code, headers=headers)
+    return RenderedJSON(row, status_code=status_code, headers=headers)
 
 
 def location_of(request: Request, path: str) -> str:
@@ -103,7 +103,7 @@ def conditional_response(row: Row, if_none_match: str | None) -> Response:
     tag = entity_tag(row)
     if not_modified(if_none_match, tag):
         return Response(status_code=304, headers={"ETag": tag})
-    return JSON(row, headers={"ETag": tag})
+    return RenderedJSON(row, headers={"ETag": tag})
 
 
 def _media_type(request: Request) -> str:
@@ -117,8 +117,8 @@ def _media_type(request: Request) -> str:
 
 async def _require_json_text(request: Request) -> None:
     """JSON between systems is UTF-8 without a byte order mark, and has no NaN (RFC 8259). FastAPI's
-    json.loads is laxer (UTF-16, a BOM, NaN); orjson, strict, re-reads the body: well under a
-    microsecond for a typical one."""
+    json.loads is laxer (UTF-16, a BOM, NaN); orjson, strict, re-reads the body, which costs
+    far less than the parse it checks."""
     body = await request.body()  # already read by FastAPI
     try:
         orjson.loads(body or b"null")  # an empty body is refused by validation, as a missing one

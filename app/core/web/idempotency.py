@@ -17,10 +17,10 @@ from sqlalchemy import Index, SmallInteger, Text, bindparam, delete, func, liter
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import Field, SQLModel
 
-from app.core.auth import principal_of
+from app.core.db.statements import Statement
 from app.core.errors import Conflict, InvalidRequest
+from app.core.identity.auth import principal_of
 from app.core.models import SET_BY_SERVER, TIMESTAMP
-from app.core.sql import Query
 
 EXPIRED_ROWS_PER_WRITE = 20  # each remembered response also clears a few expired ones
 
@@ -51,7 +51,7 @@ _THIS_KEY = tuple_(bindparam("principal"), bindparam("key"))
 # repeat with an early 409; the store below is the arbiter, so that a repeat committing between
 # this statement's snapshot and its lock still cannot produce a second answer.
 _live = select(_TABLE).where(_KEY_COLUMNS == _THIS_KEY, _TABLE.c.created_at > func.now() - _TTL).subquery()
-_CLAIM = Query(
+_CLAIM = Statement(
     select(func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("lock_name"), 0)).label("free"), _live)
     .select_from(select(literal(1)).subquery())
     .outerjoin(_live, true())
@@ -62,7 +62,7 @@ _expired = select(_TABLE.c.principal, _TABLE.c.key).where(
     _TABLE.c.created_at < func.now() - _TTL, _KEY_COLUMNS != _THIS_KEY
 )
 _forget = delete(_TABLE).where(_KEY_COLUMNS.in_(_expired.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery()))
-_STORE = Query(
+_STORE = Statement(
     insert(_TABLE)
     .values({name: bindparam(name) for name in ("principal", "key", *_ANSWER)})
     .on_conflict_do_update(

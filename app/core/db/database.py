@@ -1,12 +1,12 @@
 """The process's connections to PostgreSQL (made lazily, in the serving loop), one per request.
 
 They reach PostgreSQL either at DATABASE_URL or, with INSTANCE_CONNECTION_NAME, through the Cloud
-SQL Python Connector with IAM database authentication (`app/core/cloud_sql.py`). Before the first
+SQL Python Connector with IAM database authentication (`app/core/db/cloud_sql.py`). Before the first
 connection is handed out, one proves the identity works; if it does not, requests get a 503
 problem and the next request tries again.
 
-Requests run SQL on asyncpg connections from `app/core/pool.py`, with statements compiled once
-from the SQLModel tables (`app/core/sql.py`): per request there is no ORM session, no statement
+Requests run SQL on asyncpg connections from `app/core/db/pool.py`, with statements compiled once
+from the SQLModel tables (`app/core/db/statements.py`): per request there is no ORM session, no statement
 compilation and no result wrapping. Migrations use a SQLAlchemy engine over the same connections.
 """
 
@@ -24,10 +24,10 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.core.audit import audited_transaction
-from app.core.db_errors import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
+from app.core.db.failures import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
+from app.core.db.pool import Pool
+from app.core.observability.audit import audited_transaction
 from app.core.once import Once
-from app.core.pool import Pool
 from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ class Database:
         self._settings = settings
         # The connector costs about half a second of imports: load it only when it is used. This
         # runs in create_app(), so on Cloud Functions it happens in the preload, before the fork.
-        self._cloud_sql = importlib.import_module("app.core.cloud_sql") if settings.instance_connection_name else None
+        self._cloud_sql = (
+            importlib.import_module("app.core.db.cloud_sql") if settings.instance_connection_name else None
+        )
         self._connector: Any = None
         self.pool = Once(self._open_pool)  # `await database.pool()`: made, and the login proven, once
         instance, user = settings.instance_connection_name, settings.db_iam_user
@@ -178,7 +180,7 @@ def _with_retries(
 
 
 def database_of(request: Request) -> Database:
-    """The app's Database. Read from the request rather than injected: FastAPI spends about 25 us
-    resolving each dependency of every request, more than this lookup costs in a year of requests."""
+    """The app's Database. Read from the request rather than injected: FastAPI resolving a
+    dependency costs more per request than this lookup (docs/benchmarks.md)."""
     database: Database = request.app.state.database
     return database

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ProblemError, http_problem, response_for
-from app.core.logs import EXECUTION_ID_LIMIT, RequestContext, clip, current_request, log_access, trace_of
+from app.core.observability.logs import EXECUTION_ID_LIMIT, RequestContext, clip, current_request, log_access, trace_of
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together

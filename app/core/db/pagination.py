@@ -21,7 +21,7 @@ from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, bindparam, tuple_
 
-from app.core import sql
+from app.core.db import statements
 from app.core.errors import InvalidRequest
 
 ItemT = TypeVar("ItemT")
@@ -72,8 +72,8 @@ class Keyset:
         table = statement.get_final_froms()[0]
         newest_first = statement.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(bindparam("limit"))
         after = tuple_(table.c.created_at, table.c.id) < tuple_(bindparam("after_created_at"), bindparam("after_id"))
-        self._first = sql.Query(newest_first)
-        self._later = sql.Query(newest_first.where(after))
+        self._first = statements.Statement(newest_first)
+        self._later = statements.Statement(newest_first.where(after))
         self._list = f"{table}\n{statement.whereclause}".encode()  # what a cursor is bound to: table, filter
 
     async def page(self, connection: asyncpg.Connection, page: PageRequest, **values: Any) -> dict[str, Any]:
@@ -98,7 +98,7 @@ class Keyset:
         return digest.digest()
 
     @staticmethod
-    def _cursor(row: sql.Row, binding: bytes) -> str:
+    def _cursor(row: statements.Row, binding: bytes) -> str:
         microseconds = (row["created_at"] - _EPOCH) // _MICROSECOND
         raw = CURSOR_LAYOUT.pack(binding, microseconds, row["id"].bytes)
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy import Integer, bindparam, func
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.core.audit import audit
+from app.core.db.statements import Row, Statement
 from app.core.errors import PreconditionFailed, not_found
 from app.core.models import Audited
-from app.core.sql import Query, Row
+from app.core.observability.audit import audit
 
 
 def _table(model: type[Audited]) -> Any:
@@ -25,15 +25,15 @@ def _table(model: type[Audited]) -> Any:
 
 
 @cache
-def _insert(model: type[Audited], columns: tuple[str, ...]) -> Query:
+def _insert(model: type[Audited], columns: tuple[str, ...]) -> Statement:
     values: dict[str, Any] = {column: bindparam(column) for column in columns}
-    return Query(sa.insert(_table(model)).values(values).returning(*_table(model).c))
+    return Statement(sa.insert(_table(model)).values(values).returning(*_table(model).c))
 
 
 @cache
-def _select(model: type[Audited]) -> Query:
+def _select(model: type[Audited]) -> Statement:
     table = _table(model)
-    return Query(sa.select(table).where(table.c.id == bindparam("id")))
+    return Statement(sa.select(table).where(table.c.id == bindparam("id")))
 
 
 def _accepted(table: Any) -> Any:
@@ -43,19 +43,19 @@ def _accepted(table: Any) -> Any:
 
 
 @cache
-def _update(model: type[Audited], columns: tuple[str, ...]) -> Query:
+def _update(model: type[Audited], columns: tuple[str, ...]) -> Statement:
     table = _table(model)
     changes: dict[str, Any] = {column: bindparam(column) for column in columns}
     changes |= {"version": table.c.version + 1, "updated_at": func.now(), "updated_by": bindparam("principal")}
     where = (table.c.id == bindparam("id"), _accepted(table))
-    return Query(sa.update(table).where(*where).values(changes).returning(*table.c))
+    return Statement(sa.update(table).where(*where).values(changes).returning(*table.c))
 
 
 @cache
-def _delete(model: type[Audited]) -> Query:
+def _delete(model: type[Audited]) -> Statement:
     table = _table(model)
     where = (table.c.id == bindparam("id"), _accepted(table))
-    return Query(sa.delete(table).where(*where).returning(table.c.id, table.c.version))
+    return Statement(sa.delete(table).where(*where).returning(table.c.id, table.c.version))
 
 
 async def create(

@@ -5,9 +5,9 @@ import logging
 
 from fastapi import APIRouter, Request
 
-from app.core.database import database_of
-from app.core.db_errors import DatabaseUnavailable
-from app.core.openapi import problem_responses
+from app.core.db.database import database_of
+from app.core.db.failures import DatabaseUnavailable
+from app.core.web.openapi import problem_responses
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from app.core.logs import current_request
+from app.core.observability.logs import current_request
 
 NOTICE = 25  # Cloud Logging's NOTICE: normal but significant, such as a change to data
 logging.addLevelName(NOTICE, "NOTICE")

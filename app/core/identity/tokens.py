@@ -1,6 +1,6 @@
 """ID-token verification with PyJWT: signature against a cached JWKS, expiry, issuer, audience.
 
-Imported only when AUTH_MODE is not `none` (PyJWT with cryptography costs about 150 ms of import).
+Imported only when AUTH_MODE is not `none`: PyJWT with cryptography is a slow import (docs/benchmarks.md).
 """
 
 import asyncio
@@ -89,8 +89,9 @@ class TokenVerifier:
     """Verifies ID tokens, and remembers the ones it has verified until they expire.
 
     A caller sends the same token with every request for up to an hour, and checking its RS256
-    signature costs about 200 us of CPU each time. A verified token stays valid until its `exp`
-    whatever happens to the key set (an ID token cannot be revoked), so it is verified once.
+    signature each time would cost more CPU than the rest of a read (docs/benchmarks.md). A
+    verified token stays valid until its `exp` whatever happens to the key set (an ID token cannot
+    be revoked), so it is verified once.
     """
 
     def __init__(self, *, keys: KeySet, issuers: tuple[str, ...], audience: str) -> None:

@@ -1,7 +1,7 @@
 """SQLAlchemy Core statements, compiled once for asyncpg and run with named values.
 
 Build a statement from the SQLModel tables with `bindparam("name")` for each value a request
-supplies, wrap it in `Query` (at import, or cached per shape), then `await query.fetchrow(connection,
+supplies, wrap it in `Statement` (at import, or cached per shape), then `await query.fetchrow(connection,
 name=value)`. Rows come back as asyncpg Records: read them by column name, render them as JSON.
 """
 
@@ -25,7 +25,7 @@ def escape_like(text: str) -> str:
     return text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%").replace("_", LIKE_ESCAPE + "_")
 
 
-class Query:
+class Statement:
     """One statement's SQL text and the order of its parameters, worked out once."""
 
     def __init__(self, statement: ClauseElement) -> None:

@@ -10,10 +10,10 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.core.db.pool import PoolTimeout
 from app.core.errors import Conflict, ServiceUnavailable, response_for
-from app.core.logs import URL_LIMIT, clip
 from app.core.models import Audited
-from app.core.pool import PoolTimeout
+from app.core.observability.logs import URL_LIMIT, clip
 
 logger = logging.getLogger(__name__)
 
