@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from app.core.db.database import Database
 from app.core.db.failures import install_database_handlers
 from app.core.errors import install_problem_handlers
-from app.core.identity.auth import AuthenticationMiddleware, build_verifier
+from app.core.identity.auth import AuthenticationMiddleware, Public, build_verifier
 from app.core.observability.logs import configure_logging
 from app.core.settings import Settings, get_settings
 from app.core.web import health
@@ -75,11 +75,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware)
     verifier = build_verifier(settings)
     if verifier is not None:
-        app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=settings.allowed_principals)
+        allowed = settings.allowed_principals
+        app.add_middleware(AuthenticationMiddleware, verifier=verifier, allowed=allowed, application=app)
     if settings.cors_origins:
         app.add_middleware(ProblemCORSMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
-    app.include_router(health.router)
+    # Public, open to every caller: the routes declared with `dependencies=[Public]` (on the route, its
+    # router or here) and FastAPI's docs (/docs, /redoc, /docs/oauth2-redirect, /openapi.json). With
+    # AUTH_MODE google or oidc, every other path, routed or not, answers 401 to a caller without a token.
+    app.include_router(health.router, dependencies=[Public])
     auth_problems = problem_responses(401, 403) if verifier is not None else {}
     for router in RESOURCE_ROUTERS:
         app.include_router(router, responses=auth_problems)

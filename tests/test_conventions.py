@@ -1,5 +1,6 @@
 """The contract's conventions that hold for every endpoint: problems, request ids, sizes, media types."""
 
+import re
 import uuid
 
 import httpx
@@ -159,6 +160,26 @@ async def test_openapi_documents_problem_responses(client: httpx.AsyncClient) ->
     operation = spec["paths"]["/v1/projects/{project_id}"]["patch"]
     for status in ["404", "409", "412", "415", "422"]:
         assert "application/problem+json" in operation["responses"][status]["content"], status
+
+
+async def test_every_operation_documents_its_errors_as_problem_documents(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    assert set(response.get("content", {})) == {"application/problem+json"}, (method, path, status)
+
+
+async def test_every_path_answers_a_method_it_does_not_take_with_405_and_allow(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path, item in spec["paths"].items():
+        taken = {method.upper() for method in item} | ({"HEAD"} if "get" in item else set())
+        url = re.sub(r"\{\w+\}", MISSING_ID, path)
+        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - taken):
+            response = await client.request(method, url)
+            assert_problem(response, 405)
+            assert set(response.headers["allow"].split(", ")) == taken, (method, path)
 
 
 async def test_declared_and_streamed_oversized_bodies_get_the_same_problem(client: httpx.AsyncClient) -> None:

@@ -8,6 +8,7 @@ a longer sweep: `HYPOTHESIS_MAX_EXAMPLES=5000 make test PYTEST_ARGS=tests/test_h
 """
 
 import asyncio
+import json
 import os
 import re
 import socket
@@ -106,14 +107,40 @@ def _operations(app: FastAPI) -> list[tuple[str, str]]:
     return [(method, path) for path in paths for method in METHODS]
 
 
-def _body(method: str, path: str, empty: bool = False) -> bytes | None:
+def _sample(schema: dict[str, Any], schemas: dict[str, Any]) -> Any:
+    """A value its schema accepts: an object of its required fields, each a sample of its own schema."""
+    if "$ref" in schema:
+        return _sample(schemas[schema["$ref"].rsplit("/", 1)[1]], schemas)
+    if "anyOf" in schema:
+        return _sample(schema["anyOf"][0], schemas)
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind, fmt = schema.get("type"), schema.get("format")
+    if kind == "object":
+        required = schema.get("required", [])
+        return {
+            name: _sample(field, schemas) for name, field in schema.get("properties", {}).items() if name in required
+        }
+    if kind == "string":
+        formats = {"uuid": str(uuid.uuid4()), "date": "2027-03-01", "date-time": "2027-03-01T00:00:00Z"}
+        return formats.get(fmt) or unique("fuzz")[: schema.get("maxLength", 100)]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    return {"boolean": True, "array": []}.get(str(kind))
+
+
+def _body(document: dict[str, Any], method: str, path: str, empty: bool = False) -> bytes | None:
+    """A body the operation accepts, from its request schema (fresh names on every call); none where it takes none."""
     if method not in ("POST", "PATCH", "PUT"):
         return None
     if empty:
         return b""
-    if path.endswith("/tasks") or path.startswith("/v1/tasks"):
-        return b'{"title": "fuzzed"}'
-    return b'{"name": "%s"}' % unique("fuzz").encode() if method == "POST" else b'{"description": "fuzzed"}'
+    operation = document["paths"].get(path, {}).get(method.lower(), {})
+    content = operation.get("requestBody", {}).get("content", {})
+    if not content:
+        return b"{}"
+    schema = next(iter(content.values()))["schema"]
+    return json.dumps(_sample(schema, document.get("components", {}).get("schemas", {}))).encode()
 
 
 def _check(status: int, headers: httpx.Headers, content: bytes, method: str) -> None:
@@ -146,8 +173,10 @@ class _AppInItsLoop:
 
 
 def _url(path: str, ids: dict[str, str], fresh: bool) -> str:
-    values = {name: str(uuid.uuid4()) if fresh else ids[name] for name in ("project_id", "task_id")}
-    return re.sub(r"\{(\w+)\}", lambda match: values[match.group(1)], path)
+    """The path template with an existing resource's id where the test made one, else a fresh id."""
+    return re.sub(
+        r"\{(\w+)\}", lambda match: str(uuid.uuid4()) if fresh else ids.get(match[1], str(uuid.uuid4())), path
+    )
 
 
 def test_any_header_bytes_on_any_route_get_no_5xx_and_only_problem_documents(database_url: str, issuer: Issuer) -> None:
@@ -166,6 +195,7 @@ def test_any_header_bytes_on_any_route_get_no_5xx_and_only_problem_documents(dat
         project = app.run(app.http.post("/v1/projects", json={"name": unique("fuzz")}, headers=token)).json()
         task = app.run(app.http.post(f"/v1/projects/{project['id']}/tasks", json={"title": "t"}, headers=token))
         ids = {"project_id": project["id"], "task_id": task.json()["id"]}
+        document = app.application.openapi()
 
         @settings(
             max_examples=MAX_EXAMPLES,
@@ -189,7 +219,7 @@ def test_any_header_bytes_on_any_route_get_no_5xx_and_only_problem_documents(dat
             empty_body: bool,
         ) -> None:
             method, path = operation
-            url, body = _url(path, ids, fresh_ids), _body(method, path, empty_body)
+            url, body = _url(path, ids, fresh_ids), _body(document, method, path, empty_body)
             response = app.run(
                 app.http.request(method, url, headers=(token if authenticated else []) + headers, content=body)
             )
@@ -206,8 +236,10 @@ def test_any_header_bytes_on_any_route_get_no_5xx_and_only_problem_documents(dat
         app.close()
 
 
-def _raw_request(server: FunctionServer, method: str, target: str, headers: list[tuple[bytes, bytes]]) -> bytes:
-    body = _body(method, target) or b""
+def _raw_request(
+    server: FunctionServer, body: bytes | None, method: str, target: str, headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    body = body or b""
     lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: fuzz", b"Connection: close"]
     lines += [name + b": " + value for name, value in headers if name not in (b"host", b"content-length")]
     lines.append(b"Content-Length: %d" % len(body))
@@ -226,12 +258,13 @@ def test_any_header_bytes_through_the_served_function(served_hardened: FunctionS
     project = httpx.post(f"{served.base_url}/v1/projects", json={"name": unique("served-fuzz")}).json()
     task = httpx.post(f"{served.base_url}/v1/projects/{project['id']}/tasks", json={"title": "t"}).json()
     ids = {"project_id": project["id"], "task_id": task["id"]}
+    document = application.openapi()
 
     @settings(max_examples=max(MAX_EXAMPLES // 4, 10), deadline=None, derandomize=True, database=None)
     @given(operation=st.sampled_from(_operations(application)), headers=_headers(list(ids.values()), line_safe=True))
     def one_request(operation: tuple[str, str], headers: list[tuple[bytes, bytes]]) -> None:
         method, path = operation
-        raw = _raw_request(served, method, _url(path, ids, fresh=False), headers)
+        raw = _raw_request(served, _body(document, method, path), method, _url(path, ids, fresh=False), headers)
         head, _, content = raw.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         response_headers = httpx.Headers([line.split(b": ", 1) for line in head.split(b"\r\n")[1:]])

@@ -8,10 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, WebSocket
+from starlette.types import Message
 
 from app.api import create_app
 from app.core.identity import tokens
+from app.core.identity.auth import Public
 from app.core.settings import Settings
 from tests.helpers import assert_problem, unique
 from tests.identity_fakes import AUDIENCE, Issuer, SigningKey
@@ -156,6 +158,224 @@ async def test_openapi_documents_the_bearer_scheme(client: httpx.AsyncClient) ->
     spec = (await client.get("/openapi.json")).json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert spec["paths"]["/v1/projects"]["post"]["security"] == [{"HTTPBearer": []}]
+
+
+# --- deny by default: only what is declared public answers a caller without a token ------------------
+
+PUBLIC_PATHS = ["/healthz", "/readyz", "/docs", "/redoc", "/docs/oauth2-redirect", "/openapi.json"]
+
+
+def _users_routers() -> list[APIRouter]:
+    """Routers a user adds the FastAPI way, outside /v1: two protected, one declared public."""
+    reports, admin, status = APIRouter(prefix="/v2/reports"), APIRouter(prefix="/admin"), APIRouter(prefix="/status")
+
+    @reports.get("")
+    async def list_reports() -> dict[str, str]:
+        return {"reports": "all"}
+
+    @reports.post("/{report_id}")
+    async def file_report(report_id: str) -> dict[str, str]:
+        return {"filed": report_id}
+
+    @admin.get("/stats")
+    async def stats() -> dict[str, str]:
+        return {"stats": "secret"}
+
+    @status.get("/banner", dependencies=[Public])
+    async def banner() -> dict[str, str]:
+        return {"banner": "hello"}
+
+    return [reports, admin, status]
+
+
+@pytest.fixture
+async def extended(database_url: str, issuer: Issuer) -> AsyncIterator[FastAPI]:
+    """The app with authentication on, the users' routers registered beside the resources."""
+    app = create_app(
+        Settings(
+            database_url=database_url,
+            auth_mode="oidc",
+            auth_audience=AUDIENCE,
+            oidc_issuer=issuer.issuer,
+            oidc_jwks_url=issuer.jwks_url,
+        )
+    )
+    for router in _users_routers():
+        app.include_router(router)
+    yield app
+    await app.state.database.dispose()
+
+
+async def test_a_router_outside_v1_needs_a_verified_caller(extended: FastAPI, issuer: Issuer) -> None:
+    async with await _client_for(extended) as http:
+        for method, path in [("GET", "/v2/reports"), ("POST", "/v2/reports/r1"), ("GET", "/admin/stats")]:
+            anonymous = await http.request(method, path)
+            assert_problem(anonymous, 401)
+            assert anonymous.headers["www-authenticate"] == "Bearer"
+            assert_problem(await http.request(method, path, headers=bearer(issuer.token(expires_in=-60))), 401)
+            verified = await http.request(method, path, headers=bearer(issuer.token()))
+            assert verified.status_code == 200, (method, path, verified.text)
+        for path in [*PUBLIC_PATHS, "/status/banner"]:
+            assert (await http.get(path)).status_code == 200, path
+            assert (await http.head(path)).status_code == 200, path
+            assert (await http.get(path, headers=bearer("not.a.jwt"))).status_code == 200, path
+
+
+async def test_an_unknown_path_or_a_wrong_method_is_401_without_a_token(extended: FastAPI, issuer: Issuer) -> None:
+    """No route discovery: without a token nothing says which paths exist or which methods they take."""
+    unknown = ["/", "/nowhere", "/v1/nowhere", "/v2", "/v2/reports/r1/x", "/admin", "/healthz/", "/docs/x"]
+    wrong_method = [
+        ("PUT", "/v1/projects"),
+        ("DELETE", "/v2/reports"),
+        ("POST", "/healthz"),
+        ("DELETE", "/docs"),
+        ("PATCH", "/openapi.json"),
+        ("POST", "/status/banner"),
+        ("OPTIONS", "/readyz"),
+    ]
+    async with await _client_for(extended) as http:
+        for method, path in [
+            *(("GET", path) for path in unknown),
+            *(("POST", path) for path in unknown),
+            *wrong_method,
+        ]:
+            response = await http.request(method, path)
+            assert_problem(response, 401)
+            assert "allow" not in response.headers, (method, path)
+        token = bearer(issuer.token())
+        assert_problem(await http.get("/nowhere", headers=token), 404)  # a verified caller learns what it is
+        assert_problem(await http.delete("/v2/reports", headers=token), 405)
+
+
+async def test_a_public_route_shadowed_by_an_earlier_protected_one_is_not_public(
+    extended: FastAPI, issuer: Issuer
+) -> None:
+    """The router picks the first route that matches; so does the check, so declaring a later route
+    public opens no path an earlier protected route serves."""
+    pages = APIRouter(prefix="/pages")
+
+    @pages.get("/{name}")
+    async def page(name: str) -> dict[str, str]:
+        return {"page": name}
+
+    @pages.get("/about", dependencies=[Public])
+    async def about() -> dict[str, str]:
+        return {"page": "about (public)"}
+
+    extended.include_router(pages)
+    async with await _client_for(extended) as http:
+        assert_problem(await http.get("/pages/about"), 401)
+        served = await http.get("/pages/about", headers=bearer(issuer.token()))
+        assert served.json() == {"page": "about"}
+
+
+async def test_root_path_is_handled_as_routing_handles_it(database_url: str, issuer: Issuer) -> None:
+    app = create_app(
+        Settings(
+            database_url=database_url,
+            auth_mode="google",
+            auth_audience=AUDIENCE,
+            oidc_jwks_url=issuer.jwks_url,
+            root_path="/api",
+        )
+    )
+    for router in _users_routers():
+        app.include_router(router)
+    async with await _client_for(app) as http:
+        for path in ["/api/healthz", "/healthz", "/api/docs", "/api/openapi.json", "/api/status/banner"]:
+            assert (await http.get(path)).status_code == 200, path  # whether a proxy strips the prefix or not
+        for path in [
+            "/api/v1/projects",
+            "/v1/projects",
+            "/api/admin/stats",
+            "/api",
+            "/api/",
+            "/apihealthz",
+            "/other/healthz",
+            "/api/api/healthz",
+        ]:
+            assert_problem(await http.get(path), 401)
+        verified = await http.get("/api/admin/stats", headers=bearer(issuer.token()))
+        assert verified.json() == {"stats": "secret"}
+    await app.state.database.dispose()
+
+
+async def test_preflights_are_answered_before_authentication_on_every_path(database_url: str, issuer: Issuer) -> None:
+    settings = Settings(
+        database_url=database_url,
+        auth_mode="google",
+        auth_audience=AUDIENCE,
+        oidc_jwks_url=issuer.jwks_url,
+        cors_allowed_origins="https://app.example",
+    )
+    app = create_app(settings)
+    for router in _users_routers():
+        app.include_router(router)
+    origin = {"Origin": "https://app.example"}
+    preflight = origin | {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"}
+    async with await _client_for(app) as http:
+        for path in ["/v2/reports", "/admin/stats", "/nowhere", "/healthz"]:
+            assert (await http.options(path, headers=preflight)).status_code == 200, path  # a browser sends no token
+        for path in ["/v2/reports", "/admin/stats", "/nowhere"]:
+            refused = await http.get(path, headers=origin)
+            assert_problem(refused, 401)
+            assert refused.headers["access-control-allow-origin"] == "https://app.example"  # the page can read why
+        without_origin = await http.options("/v2/reports", headers={"Access-Control-Request-Method": "GET"})
+        assert_problem(without_origin, 401)  # not a preflight: authenticated like any other request
+    await app.state.database.dispose()
+
+
+async def _websocket(app: FastAPI, path: str, headers: dict[str, str]) -> list[Message]:
+    """What the app sends to a WebSocket client that connects, then waits."""
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "ws",
+        "query_string": b"",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "subprotocols": [],
+    }
+    incoming = [{"type": "websocket.connect"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_a_websocket_needs_a_verified_caller_too(extended: FastAPI, issuer: Issuer) -> None:
+    @extended.websocket("/v2/live")
+    async def live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    refused = await _websocket(extended, "/v2/live", {})
+    assert refused == [{"type": "websocket.close", "code": 1008}]  # before accept: the server answers 403
+    verified = await _websocket(extended, "/v2/live", bearer(issuer.token()))
+    assert [message["type"] for message in verified] == ["websocket.accept", "websocket.send", "websocket.close"]
+
+
+async def test_openapi_names_the_bearer_scheme_on_every_operation_but_the_public_ones(extended: FastAPI) -> None:
+    async with await _client_for(extended) as http:
+        spec = (await http.get("/openapi.json")).json()
+    public = {("get", "/healthz"), ("get", "/readyz"), ("get", "/status/banner")}
+    operations = {
+        (method, path): operation for path, item in spec["paths"].items() for method, operation in item.items()
+    }
+    assert {("get", "/v2/reports"), ("post", "/v2/reports/{report_id}"), ("get", "/admin/stats")} <= set(operations)
+    for key, operation in operations.items():
+        assert operation.get("security") == (None if key in public else [{"HTTPBearer": []}]), key
 
 
 async def test_created_by_and_updated_by_are_the_principals(client: httpx.AsyncClient, issuer: Issuer) -> None:

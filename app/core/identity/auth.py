@@ -1,29 +1,57 @@
 """Who is calling: AUTH_MODE=none (no checks), `google` (Google-signed ID tokens) or `oidc`.
 
-Every /v1 request is authenticated before routing, so a rejected call reads no body and writes
-nothing: 401 with `WWW-Authenticate: Bearer` for a missing or invalid token, 403 for a verified
-caller outside AUTH_ALLOWED_PRINCIPALS. /healthz, /readyz and the docs stay open.
+Deny by default: with authentication on, every request needs a verified caller unless the route it
+is for is public, whatever its path or method, routed or not. The check comes before routing, so a
+refused call reads no body, writes nothing and learns nothing of which paths exist: 401 with
+`WWW-Authenticate: Bearer` for a missing or invalid token, 403 for a verified caller outside
+AUTH_ALLOWED_PRINCIPALS. Public are FastAPI's docs (`/docs`, `/redoc`, their OAuth redirect and
+`/openapi.json`) and the routes declared with `dependencies=[Public]`, on the route, its router or
+`include_router` (app/api.py declares the health checks so).
 """
 
 from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.datastructures import Headers
 from starlette.requests import Request as StarletteRequest
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.errors import Forbidden, ProblemError, Unauthenticated, response_for
 from app.core.settings import Settings
 
-PROTECTED_PREFIX = "/v1"
+
+async def public() -> None:
+    """Does nothing: its presence among a route's dependencies is what makes the route public."""
 
 
-def _is_protected(scope: Scope) -> bool:
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and path.startswith(root_path):  # a proxy may or may not strip ROOT_PATH
-        path = path[len(root_path) :]
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+Public = Depends(public)  # `dependencies=[Public]`: open to every caller, token or not
+
+
+def is_public(route: Any) -> bool:
+    """Whether a route (or FastAPI's RouteContext of one) was declared with `dependencies=[Public]`."""
+    dependencies = getattr(route, "dependencies", None) or ()
+    return any(getattr(dependency, "dependency", None) is public for dependency in dependencies)
+
+
+def _docs_paths(app: FastAPI) -> set[str]:
+    paths = {app.openapi_url, app.docs_url, app.redoc_url}
+    if app.docs_url:
+        paths.add(app.swagger_ui_oauth2_redirect_url)
+    return {path for path in paths if path}
+
+
+def routes_to_public(app: FastAPI, scope: Scope) -> bool:
+    """Whether the route the app's router would pick for this request (the first that matches it fully,
+    ROOT_PATH handled as routing handles it) is public. A path or method nothing serves is not."""
+    for route in iter_route_contexts(app.routes):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            if isinstance(route.original_route, APIRoute):
+                return is_public(route)
+            return route.path in _docs_paths(app)  # FastAPI's own doc routes; any other is protected
+    return False
 
 
 def is_allowed(principal: str, patterns: tuple[str, ...]) -> bool:
@@ -51,20 +79,27 @@ def build_verifier(settings: Settings) -> Any:
 
 
 class AuthenticationMiddleware:
-    """Verify the bearer token of every /v1 request; put the principal in `request.state`."""
+    """Verify the bearer token of every request; put the principal in `request.state`. A request
+    without a verified caller goes on only to a public route: the token is checked first, so a
+    verified caller costs no route lookup."""
 
-    def __init__(self, app: ASGIApp, *, verifier: Any, allowed: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, *, verifier: Any, allowed: tuple[str, ...], application: FastAPI) -> None:
         self.app = app
         self.verifier = verifier
         self.allowed = allowed
+        self.application = application  # whose routes say which requests are public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _is_protected(scope):
+        if scope["type"] in ("http", "websocket"):
             try:
                 scope.setdefault("state", {})["principal"] = await self._principal(Headers(scope=scope))
             except ProblemError as problem:
-                await response_for(StarletteRequest(scope, receive), problem)(scope, receive, send)
-                return
+                if not routes_to_public(self.application, scope):
+                    if scope["type"] == "websocket":  # closed before it is accepted: the server answers 403
+                        await send({"type": "websocket.close", "code": 1008})
+                    else:
+                        await response_for(StarletteRequest(scope, receive), problem)(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
     async def _principal(self, headers: Headers) -> str:

@@ -5,8 +5,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import iter_route_contexts
 
 from app.core.errors import PROBLEM_JSON, ProblemDocument
+from app.core.identity.auth import is_public
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not Modified: the `If-None-Match` copy is current"}
@@ -23,8 +25,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def install_openapi(app: FastAPI, *, bearer: bool) -> None:
     """FastAPI files a response `model` under application/json; problems travel as problem+json.
-    With authentication on, every /v1 operation names the bearer scheme (`/docs` gets an Authorize
-    button); the middleware enforces it, so no per-request dependency has to."""
+    With authentication on, every operation but the public ones names the bearer scheme (`/docs` gets
+    an Authorize button); the middleware enforces it, so no per-request dependency has to."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -37,12 +39,16 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                 tags=app.openapi_tags,
                 servers=app.servers,
             )
+            public: set[tuple[str, str]] = set()
             if bearer:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
                 schemes["HTTPBearer"] = {"type": "http", "scheme": "bearer", "description": BEARER_DESCRIPTION}
+                for context in iter_route_contexts(app.routes):
+                    if is_public(context):
+                        public |= {(str(context.path_format), method.lower()) for method in context.methods or ()}
             for route, path in schema.get("paths", {}).items():
-                for operation in path.values():
-                    if bearer and (route == "/v1" or route.startswith("/v1/")):
+                for method, operation in path.items():
+                    if bearer and (route, method) not in public:
                         operation["security"] = [{"HTTPBearer": []}]
                     for status, response in operation.get("responses", {}).items():
                         content = response.get("content", {})
