@@ -5,9 +5,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlmodel import SQLModel
 
 from app.core.db.database import Database
 from app.core.db.failures import install_database_handlers
+from app.core.db.statements import check_python_defaults
 from app.core.errors import install_problem_handlers
 from app.core.identity.auth import AuthenticationMiddleware, Public, build_verifier
 from app.core.observability.logs import configure_logging
@@ -16,6 +18,7 @@ from app.core.web import health
 from app.core.web.cors import ProblemCORSMiddleware
 from app.core.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.web.openapi import install_openapi, problem_responses
+from app.core.web.resources import RowShapes
 from app.projects.routes import router as projects_router
 from app.tasks.routes import router as tasks_router
 
@@ -52,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Does no I/O: the engine is created on first use, inside the serving loop."""
     settings = settings or get_settings()
+    check_python_defaults(SQLModel.metadata)  # a default only SQLAlchemy's ORM could compute: refuse to start
     app = FastAPI(
         title="Projects and tasks API",
         version="1.0.0",
@@ -71,7 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_database_handlers(app)
     # Middleware runs in the reverse order of adding: request context (head limits, HEAD, access log),
-    # then CORS (before authentication: preflights carry no token), authentication, body limits.
+    # then CORS (before authentication: preflights carry no token), authentication, body limits, and
+    # innermost the route's response model as the filter of the rows it renders.
+    app.add_middleware(RowShapes)
     app.add_middleware(BodyLimitMiddleware)
     verifier = build_verifier(settings)
     if verifier is not None:

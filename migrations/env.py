@@ -1,4 +1,4 @@
-"""Alembic, async, on the app's own settings and Database (so Cloud SQL with IAM works the same way).
+"""Alembic, async, on the app's own settings and connections (so Cloud SQL with IAM works the same way).
 
 Each migration connection, once open:
 - drops the service's statement timeout (an index build or a table rewrite may take minutes);
@@ -24,7 +24,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import app.api  # noqa: F401  (imports every resource, which registers its tables on SQLModel.metadata)
-from app.core.db.database import Database
+from app.core.db.database import migration_engine
 from app.core.db.failures import causes
 from app.core.settings import get_settings
 
@@ -115,9 +115,7 @@ def _lock_timed_out(error: BaseException) -> bool:
 async def _run_online() -> None:
     settings = get_settings()
     owner = f"{settings.service_name}-owner"
-    database = Database(settings)  # the app's own path: plain URL or Cloud SQL + IAM
-    try:
-        engine = await database.engine()
+    async with migration_engine(settings) as engine:  # the app's own path: plain URL or Cloud SQL + IAM
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 async with engine.connect() as connection:
@@ -135,8 +133,6 @@ async def _run_online() -> None:
                     delay,
                 )
                 await asyncio.sleep(delay)
-    finally:
-        await database.dispose()
 
 
 if context.is_offline_mode():

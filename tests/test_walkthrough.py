@@ -52,12 +52,13 @@ DOC_TESTS = "tests/test_comments.py"
 # downgrade), the contract, and the tests that go over every route (so they must take the new one unedited).
 NESTED_TESTS = [
     DOC_TESTS,
+    "tests/test_reports.py",  # the page's join and aggregate
     "tests/test_migrations.py::test_upgrade_check_downgrade_upgrade_round_trip",
     "tests/test_api_doc.py",
     "tests/test_conventions.py",
     "tests/test_header_properties.py",
 ]
-MIN_PASSED = 76  # what these collect today: fewer means tests were lost
+MIN_PASSED = 79  # what these collect today: fewer means tests were lost
 NESTED_EXAMPLES = "100"  # Hypothesis examples per property in the nested run: every route is drawn, in less time
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 300
@@ -150,7 +151,7 @@ def apply(block: Block, repository: Path) -> Path:
 def unapply(blocks: list[Block], repository: Path) -> bool:
     """Take out what following the page added (files, appended sections, edits, migration); whether there was any."""
     found = False
-    for block in blocks:
+    for block in reversed(blocks):  # last applied, first taken out: blocks may build on earlier ones
         path = repository / block.target
         if block.action == "new" and path.exists():
             path.unlink()

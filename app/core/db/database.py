@@ -7,7 +7,8 @@ problem and the next request tries again.
 
 Requests run SQL on asyncpg connections from `app/core/db/pool.py`, with statements compiled once
 from the SQLModel tables (`app/core/db/statements.py`): per request there is no ORM session, no statement
-compilation and no result wrapping. Migrations use a SQLAlchemy engine over the same connections.
+compilation and no result wrapping. Migrations use a SQLAlchemy engine over the same kind of
+connections (`migration_engine`, refused inside a request).
 """
 
 import asyncio
@@ -27,6 +28,7 @@ from sqlalchemy.pool import NullPool
 from app.core.db.failures import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
 from app.core.db.pool import Pool
 from app.core.observability.audit import audited_transaction
+from app.core.observability.logs import current_request
 from app.core.once import Once
 from app.core.settings import Settings
 
@@ -85,12 +87,6 @@ class Database:
             with audited_transaction():
                 async with connection.transaction():
                     yield connection
-
-    async def engine(self) -> AsyncEngine:
-        """A SQLAlchemy engine that opens a connection per use (Alembic), with the pool's settings."""
-        return create_async_engine(
-            "postgresql+asyncpg://", poolclass=NullPool, async_creator=await self._connector_of()
-        )
 
     async def _open_pool(self) -> Pool:
         settings = self._settings
@@ -177,6 +173,29 @@ def _with_retries(
         return await connect()
 
     return connect_with_retries
+
+
+@asynccontextmanager
+async def migration_engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """For Alembic (migrations/env.py) only: a SQLAlchemy engine that opens a connection per use,
+    the way the service connects (Cloud SQL with IAM, or DATABASE_URL), outside the pool.
+
+    Refused while a request is served: a route that made one would open a connection per request
+    outside the pool and its connection budget. Routes run SQL on `database_of(request)`.
+    """
+    if current_request.get() is not None:
+        raise RuntimeError(
+            "migration_engine() serves Alembic only: in a request, take a pooled connection with "
+            "`async with database_of(request).connection() as connection:` and run a Statement on it "
+            "(docs/adding-a-resource.md, Queries)"
+        )
+    database = Database(settings)
+    try:
+        yield create_async_engine(
+            "postgresql+asyncpg://", poolclass=NullPool, async_creator=await database._connector_of()
+        )
+    finally:
+        await database.dispose()
 
 
 def database_of(request: Request) -> Database:

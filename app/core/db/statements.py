@@ -5,14 +5,15 @@ supplies, wrap it in `Statement` (at import, or cached per shape), then `await q
 name=value)`. Rows come back as asyncpg Records: read them by column name, render them as JSON.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import asyncpg
+from sqlalchemy import MetaData
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.schema import ScalarElementColumnDefault
+from sqlalchemy.sql.schema import CallableColumnDefault, Column, ScalarElementColumnDefault
 
 Row = asyncpg.Record  # columns by name: row["id"]
 
@@ -25,20 +26,58 @@ def escape_like(text: str) -> str:
     return text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%").replace("_", LIKE_ESCAPE + "_")
 
 
+class UnsupportedDefault(TypeError):
+    """A Python-side column default or onupdate that needs SQLAlchemy's execution context."""
+
+
+def _python_side(column: Column[Any], default: Any) -> Callable[[], Any] | Any:
+    """A column's Python-side default or onupdate: the constant, or a function called per execution."""
+    if isinstance(default, ScalarElementColumnDefault):
+        return default.arg
+    if isinstance(default, CallableColumnDefault):
+        if default.arg is default._given_arg:  # SQLAlchemy wraps only functions that take no context
+            raise UnsupportedDefault(
+                f"{column.table.name}.{column.key}: its Python default takes SQLAlchemy's execution context, "
+                "which statements run on asyncpg do not have; use a function of no arguments "
+                "(Field(default_factory=...)), or a server_default"
+            )
+        function = default.arg
+        return lambda: function(None)  # type: ignore[arg-type]  # the wrapper ignores the context
+    raise UnsupportedDefault(
+        f"{column.table.name}.{column.key}: its default {default!r} cannot be computed in Python; "
+        "give the column a server_default instead"
+    )
+
+
 class Statement:
-    """One statement's SQL text and the order of its parameters, worked out once."""
+    """One statement's SQL text and the order of its parameters, worked out once.
+
+    Values a statement holds itself are sent as they are: literals (`version + 1`, a `None` in
+    `.values()`) and constant Python-side defaults. Callable ones (`Field(default_factory=...)`,
+    `onupdate=`) are called per execution, like SQLAlchemy does.
+    """
 
     def __init__(self, statement: ClauseElement) -> None:
         compiled = cast(SQLCompiler, statement.compile(dialect=_DIALECT))
         self.sql = str(compiled)
         self._names: tuple[str, ...] = tuple(compiled.positiontup or ())
-        # Literal values inside the statement (`version + 1`) and Python-side column defaults.
-        self._fixed = {name: value for name, value in compiled.params.items() if value is not None}
-        for column in compiled.insert_prefetch:
-            if isinstance(column.default, ScalarElementColumnDefault):
-                self._fixed[column.key] = column.default.arg
+        # A bindparam("name") without a value is the caller's to fill; any other bind is a literal.
+        self._fixed = {name: value for name, value in compiled.params.items() if not compiled.binds[name].required}
+        self._computed: dict[str, Callable[[], Any]] = {}
+        for column, default in [
+            *((column, column.default) for column in compiled.insert_prefetch),
+            *((column, column.onupdate) for column in compiled.update_prefetch),
+        ]:
+            value = _python_side(column, default)
+            if isinstance(default, CallableColumnDefault):
+                self._computed[column.key] = value
+                self._fixed.pop(column.key, None)
+            else:
+                self._fixed[column.key] = value
 
     def arguments(self, values: Mapping[str, Any]) -> list[Any]:
+        if self._computed:
+            values = {name: compute() for name, compute in self._computed.items() if name not in values} | dict(values)
         return [values[name] if name in values else self._fixed[name] for name in self._names]
 
     async def fetch(self, connection: asyncpg.Connection, **values: Any) -> list[Row]:
@@ -51,3 +90,13 @@ class Statement:
 
     async def fetchval(self, connection: asyncpg.Connection, **values: Any) -> Any:
         return await connection.fetchval(self.sql, *self.arguments(values))
+
+
+def check_python_defaults(metadata: MetaData) -> None:
+    """At start-up: every Python-side default and onupdate of the tables can be computed per
+    execution (else UnsupportedDefault names the column and the fix), rather than a 500 per request."""
+    for table in metadata.tables.values():
+        for column in table.columns:
+            for default in (column.default, column.onupdate):
+                if default is not None and (default.is_scalar or default.is_callable):
+                    _python_side(column, default)

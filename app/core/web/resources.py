@@ -7,18 +7,26 @@ parsed by werkzeug's `parse_etags` (installed with functions-framework), and onl
 resource at all; a tag that cannot be one of ours (say a version beyond the column's range) simply
 never matches.
 
-Rows are rendered to JSON once, by orjson, straight from the database's Records: the route's
-`response_model` documents the shape in OpenAPI, and FastAPI does not validate a returned
-`Response` again.
+Rows are rendered to JSON once, by orjson, straight from the database's Records, and the route's
+`response_model` is the filter: a Record carries exactly the fields of the one model the answer's
+shape holds (`TaskPublic` in `TaskPublic`, `list[TaskPublic]` or `Page[TaskPublic]`), in its order
+and under its names, whatever else the statement selected. A column added to a table is published
+only once its public model names it. A Record rendered where no response model says which of its
+columns to publish is refused (a 500 whose log names the route and the fix), never sent whole.
+FastAPI does not validate a returned `Response` again; the shape is worked out once per route.
 """
 
 import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
 from email.message import Message
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import asyncpg
 import orjson
 from fastapi import Header, Request, Response
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
 from werkzeug.http import parse_etags
 
 from app.core.db.statements import Row
@@ -65,17 +73,143 @@ def not_modified(if_none_match: str | None, current: str) -> bool:
     return current in if_none_match and parse_etags(if_none_match).contains_weak(current.strip('"'))
 
 
+class UnshapedRow(TypeError):
+    """A Record rendered where no response model says which of its columns to publish."""
+
+
+class RowShape:
+    """Which columns of a Record an answer carries, under which names, in the model's field order."""
+
+    def __init__(self, model: type[BaseModel], *, by_alias: bool = True) -> None:
+        self.model = model
+        fields = model.model_fields
+        self.columns = tuple(fields)
+        self._pairs = tuple(
+            ((field.serialization_alias or field.alias or name) if by_alias else name, name)
+            for name, field in fields.items()
+        )
+
+    def encode(self, value: Any) -> Any:
+        """orjson's `default`: Records in this shape, the rest as always. (One call per row: this is
+        the list's hot path, so the shaping is inline.)"""
+        if isinstance(value, asyncpg.Record):
+            try:
+                return {name: value[column] for name, column in self._pairs}
+            except KeyError:
+                raise self._unfit(value) from None
+        return _encode(value)
+
+    def _unfit(self, row: Row) -> UnshapedRow:
+        present = set(row.keys())  # `in` on a Record looks at its values
+        missing = [column for column in self.columns if column not in present]
+        return UnshapedRow(
+            f"{self.model.__name__} has fields the row has no column for: {', '.join(missing)} "
+            f"(the row has {', '.join(row.keys())}); select them, labelled with the field's name"
+        )
+
+
+class _Unshaped:
+    """orjson's `default` where rows have no shape: anything but a Record renders as always."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def encode(self, value: Any) -> Any:
+        if isinstance(value, asyncpg.Record):
+            raise UnshapedRow(
+                f"a database row was rendered where no response model says which of its columns to publish "
+                f"({self.reason}): declare response_model= with the public model on the route (only its fields "
+                "are sent), or render a dict of the fields to publish"
+            )
+        return _encode(value)
+
+
+def _row_models(annotation: Any, seen: frozenset[type[BaseModel]] = frozenset()) -> set[type[BaseModel]]:
+    """The models a response model's rows take: itself when it has no nested model (`TaskPublic`),
+    else those of its fields (`Page[TaskPublic]` holds `list[TaskPublic]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return set()
+        nested: set[type[BaseModel]] = set()
+        for field in annotation.model_fields.values():
+            nested |= _row_models(field.annotation, seen | {annotation})
+        return nested or {annotation}
+    found: set[type[BaseModel]] = set()
+    for argument in get_args(annotation):  # list[M], M | None, Annotated[M, ...], dict[str, M]
+        found |= _row_models(argument, seen)
+    return found
+
+
+def shape_of(route: Any) -> RowShape | str:
+    """The shape a route's rows take, from its `response_model`; or why it has none."""
+    where = f"{', '.join(sorted(getattr(route, 'methods', None) or ()))} {getattr(route, 'path', '?')}"
+    response_model = getattr(route, "response_model", None)
+    models = _row_models(response_model) if response_model is not None else set()
+    if len(models) == 1:
+        return RowShape(models.pop(), by_alias=getattr(route, "response_model_by_alias", True))
+    if not models:
+        return f"{where} declares no response_model"
+    names = ", ".join(sorted(model.__name__ for model in models))
+    return f"{where}: its response_model holds several models ({names}), so a row's shape is ambiguous"
+
+
+# The request being served, for the renderer to find its route's response model. Set innermost (by
+# RowShapes), where the scope is the one the router writes the matched route into.
+_current_scope: ContextVar[Scope | None] = ContextVar("current_scope", default=None)
+
+
+class RowShapes:
+    """ASGI middleware: lets rows rendered while serving a request take their route's shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = _current_scope.set(scope)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_scope.reset(token)
+
+
+_NO_ROUTE = _Unshaped("no route is being served")
+
+
+def _encoder() -> Callable[[Any], Any]:
+    """The `default` of this render: the shape of the route being served, worked out once per route."""
+    scope = _current_scope.get()
+    route = scope.get("route") if scope is not None else None
+    if route is None:
+        return _NO_ROUTE.encode
+    encode: Callable[[Any], Any] | None = getattr(route, "_encode_rows", None)
+    if encode is None:
+        shape = shape_of(route)
+        encode = route._encode_rows = shape.encode if isinstance(shape, RowShape) else _Unshaped(shape).encode
+    return encode
+
+
 def _encode(value: Any) -> Any:
-    """What orjson does not know natively: Records (as objects) and asyncpg's UUID subclass."""
-    if isinstance(value, asyncpg.Record):
-        return dict(value)
+    """What orjson does not know natively, besides Records: asyncpg's UUID subclass."""
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"cannot render {type(value).__name__} as JSON")
 
 
+_OPTIONS = orjson.OPT_UTC_Z
+
+
 def render(content: Any) -> bytes:
-    return orjson.dumps(content, default=_encode, option=orjson.OPT_UTC_Z)
+    encode = _encoder()
+    try:
+        return orjson.dumps(content, default=encode, option=_OPTIONS)
+    except orjson.JSONEncodeError as error:
+        # Keys other than str (an enum, a UUID, a date: FastAPI accepts them) cost ~40 % more to
+        # render with OPT_NON_STR_KEYS, so only a dict that has them pays for it.
+        if isinstance(error.__cause__, UnshapedRow):
+            raise error.__cause__ from None  # its own message names the route and the fix
+        if str(error) != "Dict key must be str":
+            raise
+        return orjson.dumps(content, default=encode, option=_OPTIONS | orjson.OPT_NON_STR_KEYS)
 
 
 class RenderedJSON(Response):
