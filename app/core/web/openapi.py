@@ -5,6 +5,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import BaseRoute
 
 from app.core.errors import PROBLEM_JSON, ProblemDocument
 
@@ -21,13 +23,41 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"description": HTTPStatus(status).phrase, "model": ProblemDocument} for status in statuses}
 
 
+def operation_id(route: APIRoute) -> str:
+    """The endpoint function's name (`create_project`, `read_task`): generated clients name their
+    methods and modules after operation ids, so they are the names a person chose, not FastAPI's
+    `create_project_v1_projects_post`. Set as the app's `generate_unique_id_function`."""
+    return route.name
+
+
+def check_operation_ids(routes: list[BaseRoute]) -> None:
+    """Two operations with one id would make one client method shadow the other (FastAPI only warns,
+    and a client generator fails or silently drops one): refuse to start instead."""
+    seen: dict[str, str] = {}
+    for route in iter_route_contexts(routes):  # included routers' routes too, as get_openapi sees them
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        identifier = route.operation_id or route.unique_id  # what the document will say, per method
+        for method in sorted(route.methods or ()):
+            where = f"{method} {route.path_format}"
+            if identifier in seen:
+                raise RuntimeError(
+                    f"operation id {identifier!r} is given to both {seen[identifier]} and {where}: "
+                    "rename one of the endpoint functions (its name is the operation id)"
+                )
+            seen[identifier] = where
+
+
 def install_openapi(app: FastAPI, *, bearer: bool) -> None:
     """FastAPI files a response `model` under application/json; problems travel as problem+json.
     With authentication on, every /v1 operation names the bearer scheme (`/docs` gets an Authorize
     button); the middleware enforces it, so no per-request dependency has to."""
 
+    check_operation_ids(app.routes)
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
+            check_operation_ids(app.routes)  # again: routes can be added after the app is built
             schema = get_openapi(
                 title=app.title,
                 version=app.version,
