@@ -8,7 +8,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
-from app.core.errors import PROBLEM_JSON, ProblemDocument
+from app.core.errors import PROBLEM_JSON, ProblemDocument, ProblemError
 from app.core.web.resources import require_json_or_merge_patch
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
@@ -55,6 +55,7 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
     button); the middleware enforces it, so no per-request dependency has to."""
 
     check_operation_ids(app.routes)
+    types = problem_types()  # at start-up: the routers, and the error classes they define, are imported
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -80,6 +81,7 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                         if status.isdigit() and int(status) >= 400 and "application/json" in content:
                             response["content"] = {PROBLEM_JSON: content.pop("application/json")}
             declare_http_layer(schema, merge_patch=merge_patch_operations(app.routes))
+            declare_problem_types(schema, types)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -190,3 +192,24 @@ def declare_http_layer(schema: dict[str, Any], *, merge_patch: set[tuple[str, st
                 response.setdefault("headers", {}).update(
                     {name: {"$ref": f"#/components/headers/{name}"} for name in names}
                 )
+
+
+def problem_types() -> list[str]:
+    """Every problem `type` the service can answer: ProblemError's and its subclasses', wherever they
+    are defined. One type means one status and title; two classes that disagree stop the start."""
+    kinds: dict[str, tuple[int, str]] = {}
+    pending: list[type[ProblemError]] = [ProblemError]
+    while pending:
+        kind = pending.pop()
+        pending.extend(kind.__subclasses__())
+        if kind.type == "about:blank":  # the HTTP layer's own answers: any status, its phrase as title
+            kinds.setdefault(kind.type, (0, ""))
+        elif kinds.setdefault(kind.type, (kind.status, kind.title)) != (kind.status, kind.title):
+            raise RuntimeError(f"problem type {kind.type} has two statuses or titles: {kind.__qualname__} differs")
+    return sorted(kinds)
+
+
+def declare_problem_types(schema: dict[str, Any], types: list[str]) -> None:
+    """`type` as an enum, so a typed client can branch on it (every type has a row in docs/api.md)."""
+    problem = schema["components"]["schemas"]["ProblemDocument"]
+    problem["properties"]["type"] = {**problem["properties"]["type"], "enum": types}
