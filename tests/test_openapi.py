@@ -10,6 +10,7 @@ the session, in tests/conftest.py.)
 
 import dataclasses
 import re
+import secrets
 import typing
 import uuid
 from typing import Any
@@ -161,3 +162,208 @@ def test_every_bound_in_the_models_is_json_schema(document: dict[str, Any], app:
                 assert any(option.get(keyword) == _value(bound) for option in options), (model.__name__, name, keyword)
                 checked += 1
     assert checked >= 10  # the templates' own: names, titles, descriptions and priorities
+
+
+# --- the document taken at its word: created resources, then each input property --------------------------
+
+Fill = dict[str, str]  # path parameter -> the id of a resource of the session's
+
+
+def _media(operation: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    ((media_type, content),) = operation["requestBody"]["content"].items()
+    return media_type, content["schema"]
+
+
+def _template_of(document: dict[str, Any], path: str) -> str:
+    for template in document["paths"]:
+        if re.fullmatch(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)), path):
+            return template
+    raise AssertionError(f"no path of the document matches {path}")
+
+
+def _example(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema's example, with its free text made unique (a name may have to be)."""
+    resolved = _resolve(document, schema)
+    example = dict(resolved["examples"][0])
+    for name, value in example.items():
+        options = resolved["properties"][name].get("anyOf", [resolved["properties"][name]])
+        if isinstance(value, str) and any(
+            option.get("type") == "string" and "format" not in option for option in options
+        ):
+            limit = min(option.get("maxLength", 10**6) for option in options if option.get("type") == "string")
+            example[name] = f"{value} {uuid.uuid4().hex}"[-limit:]
+    return example
+
+
+def _shortest(length: int) -> str:
+    """Text of `length` characters, unlikely to be another test's (a CJK ideograph each)."""
+    return "".join(chr(0x4E00 + secrets.randbelow(0x5000)) for _ in range(length))
+
+
+async def _create_all(client: httpx.AsyncClient, document: dict[str, Any]) -> Fill:
+    """One resource of each kind, through each POST with its schema's example: parents first."""
+    ids: Fill = {}
+    posts = sorted((path for method, path, _ in _operations(document) if method == "POST"), key=len)
+    for path in posts:
+        operation = document["paths"][path]["post"]
+        media_type, schema = _media(operation)
+        example = _example(document, schema)
+        response = await client.post(path.format(**ids), json=example, headers={"Content-Type": media_type})
+        assert response.status_code == 201, response.text
+        template = _template_of(document, response.headers["location"])
+        (parameter,) = re.findall(r"\{([^}]+)\}", template.removeprefix(path))
+        ids[parameter] = response.json()["id"]
+    return ids
+
+
+def _bodies(document: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(method, path, media type, resolved schema) of every operation that takes a JSON body."""
+    found = []
+    for method, path, operation in _operations(document):
+        if "requestBody" in operation:
+            media_type, schema = _media(operation)
+            found.append((method, path, media_type, _resolve(document, schema)))
+    return found
+
+
+async def _send(
+    client: httpx.AsyncClient, document: dict[str, Any], method: str, path: str, media_type: str, body: Any
+) -> httpx.Response:
+    ids = await _create_all(client, document)  # fresh: a PATCH must not trip on the last one's values
+    example = {} if method == "PATCH" else _example(document, _media(document["paths"][path][method.lower()])[1])
+    return await client.request(method, path.format(**ids), json=example | body, headers={"Content-Type": media_type})
+
+
+def _allows_null(schema: dict[str, Any]) -> bool:
+    return schema.get("type") == "null" or any(option.get("type") == "null" for option in schema.get("anyOf", []))
+
+
+async def test_every_property_that_allows_null_takes_null_and_no_other_does(
+    client: httpx.AsyncClient, document: dict[str, Any]
+) -> None:
+    checked = set()
+    for method, path, media_type, schema in _bodies(document):
+        for name, property_schema in schema["properties"].items():
+            response = await _send(client, document, method, path, media_type, {name: None})
+            if _allows_null(property_schema):
+                assert response.status_code < 300, (method, path, name, response.text)
+            elif name not in schema.get("required", []) or method == "PATCH":
+                assert response.status_code == 422, (method, path, name, response.text)
+                assert ["body", name] in [error["loc"] for error in response.json()["errors"]]
+            checked.add((method, name, _allows_null(property_schema)))
+    assert ("PATCH", "description", True) in checked and ("PATCH", "title", False) in checked
+
+
+def _edges(schema: dict[str, Any]) -> typing.Iterator[tuple[str, Any, Any]]:
+    """(keyword, a value on the bound, one just past it) for each bound of a property's schema."""
+    for option in schema.get("anyOf", [schema]):
+        if "minimum" in option:
+            yield "minimum", option["minimum"], option["minimum"] - 1
+        if "maximum" in option:
+            yield "maximum", option["maximum"], option["maximum"] + 1
+        if "minLength" in option:
+            yield "minLength", "x" * option["minLength"], "x" * (option["minLength"] - 1)
+        if "maxLength" in option:
+            text = (uuid.uuid4().hex * (option["maxLength"] // 32 + 2))[: option["maxLength"]]
+            yield "maxLength", text, text + "x"
+
+
+async def test_every_bound_holds_where_the_document_puts_it(
+    client: httpx.AsyncClient, document: dict[str, Any]
+) -> None:
+    checked = set()
+    for method, path, media_type, schema in _bodies(document):
+        for name, property_schema in schema["properties"].items():
+            for keyword, inside, outside in _edges(_resolve(document, property_schema)):
+                if keyword == "minLength":  # names are unique: make the shortest one too
+                    inside = _shortest(len(inside))
+                accepted = await _send(client, document, method, path, media_type, {name: inside})
+                assert accepted.status_code < 300, (method, path, name, keyword, accepted.text)
+                refused = await _send(client, document, method, path, media_type, {name: outside})
+                assert refused.status_code == 422, (method, path, name, keyword, refused.text)
+                assert [["body", name]] == [error["loc"] for error in refused.json()["errors"]]
+                checked.add((method, name, keyword))
+    assert {
+        ("POST", "priority", "maximum"),
+        ("PATCH", "priority", "minimum"),
+        ("PATCH", "name", "maxLength"),
+    } <= checked
+
+
+# --- headers ------------------------------------------------------------------------------------------------
+
+
+def _declared_headers(document: dict[str, Any], method: str, path: str, status: int) -> dict[str, bool]:
+    """Header name (lower case) -> required, as the document declares them for this answer."""
+    item = document["paths"][_template_of(document, path)]
+    operation = item.get("get" if method == "HEAD" else method.lower()) or next(iter(item.values()))
+    response = operation["responses"][str(status)]
+    found = {}
+    for name, header in response.get("headers", {}).items():
+        resolved = document["components"]["headers"][header["$ref"].rsplit("/", 1)[1]] if "$ref" in header else header
+        found[name.lower()] = bool(resolved.get("required"))
+    return found
+
+
+async def test_the_declared_headers_are_the_ones_sent(client: httpx.AsyncClient, document: dict[str, Any]) -> None:
+    ids = await _create_all(client, document)
+    project = f"/v1/projects/{ids['project_id']}"
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = _example(document, {"$ref": "#/components/schemas/ProjectCreate"})
+    tag = (await client.get(project)).headers["etag"]
+    responses = [
+        await client.post("/v1/projects", json=body, headers=key),
+        await client.post("/v1/projects", json=body, headers=key),  # replayed
+        await client.get(project),
+        await client.head(project),
+        await client.get(project, headers={"If-None-Match": tag}),
+        await client.get("/v1/projects"),
+        await client.patch(project, json={}, headers={"Content-Type": "application/merge-patch+json"}),
+        await client.patch(project, json={}, headers={"If-Match": '"0.1"'}),
+        await client.put(project),
+        await client.get(f"/v1/projects/{uuid.uuid4()}"),
+        await client.get("/v1/projects", params={"limit": 0}),
+        await client.get("/v1/projects", params={"q": "x" * 9000}),
+        await client.get("/v1/projects", headers={"X-Padding": "x" * 17_000}),
+        await client.post("/v1/projects", content=b"{}", headers={"Content-Type": "text/plain"}),
+        await client.delete(f"/v1/tasks/{ids['task_id']}"),
+        await client.get("/healthz"),
+    ]
+    known = {name.lower() for name in document["components"]["headers"]}
+    statuses = set()
+    for response in responses:
+        request = response.request
+        declared = _declared_headers(document, request.method, request.url.path, response.status_code)
+        where = f"{request.method} {request.url.path} {response.status_code}"
+        sent = {name.lower() for name in response.headers} & known
+        assert sent <= set(declared), f"{where} sends {sorted(sent - set(declared))}, undeclared"
+        required = {name for name, needed in declared.items() if needed}
+        assert required <= sent, f"{where} declares {sorted(required - sent)} but does not send them"
+        statuses.add(response.status_code)
+    assert {200, 201, 204, 304, 404, 405, 412, 414, 415, 422, 431} <= statuses
+    assert responses[1].headers["idempotent-replayed"] == "true"
+
+
+# --- AUTH_MODE ----------------------------------------------------------------------------------------------
+
+
+async def test_the_document_tells_how_to_authenticate_only_when_authentication_is_on(
+    client: httpx.AsyncClient, authed: httpx.AsyncClient, document: dict[str, Any]
+) -> None:
+    secured = (await authed.get("/openapi.json")).json()
+    validate(secured)
+    assert "securitySchemes" not in document.get("components", {})
+    for method, path, operation in _operations(document):
+        assert "security" not in operation and not {"401", "403"} & set(operation["responses"]), (method, path)
+    assert secured["components"]["securitySchemes"]
+    guarded = 0
+    for method, path, operation in _operations(secured):
+        if "security" in operation:
+            assert {"401", "403"} <= set(operation["responses"]), (method, path)
+            guarded += 1
+            answered = await authed.request(method, path.replace("{", "").replace("}", ""))  # no token
+            assert answered.status_code == 401, (method, path)
+            assert "www-authenticate" in _declared_headers(secured, method, path, 401)
+        else:  # the public ones answer without a token
+            assert (await authed.request(method, path)).status_code != 401, (method, path)
+    assert guarded >= 10
