@@ -9,6 +9,7 @@ the session, in tests/conftest.py.)
 """
 
 import dataclasses
+import gc
 import re
 import secrets
 import typing
@@ -106,6 +107,31 @@ def test_two_operations_with_one_id_stop_the_app_from_starting(database_url: str
             create_app(Settings(database_url=database_url))
     finally:
         RESOURCE_ROUTERS.remove(twin)
+
+
+def test_two_error_classes_giving_one_problem_type_different_statuses_stop_the_start(database_url: str) -> None:
+    from app.core.errors import NotFound
+
+    class Gone(NotFound):
+        status = 410
+
+    try:
+        with pytest.raises(RuntimeError, match=r"urn:problem-type:not-found has two statuses or titles: .*Gone"):
+            create_app(Settings(database_url=database_url))
+    finally:
+        del Gone
+        gc.collect()  # __subclasses__ holds classes weakly: the class is gone for the next app
+
+
+def test_a_document_without_any_route_s_problem_still_defines_the_problem_schema() -> None:
+    from app.core.web.openapi import declare_http_layer
+
+    schema: dict[str, Any] = {"paths": {"/x": {"get": {"responses": {"200": {"description": "OK"}}}}}}
+    declare_http_layer(schema, merge_patch=set())
+    validate({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, **schema})
+    assert schema["components"]["schemas"]["ProblemDocument"]["properties"]["errors"]["items"]["$ref"] == (
+        "#/components/schemas/FieldError"
+    )
 
 
 # --- bounds and nulls --------------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ class FieldError(BaseModel):
     type: str
 
 
+def _no_default(field: dict[str, Any]) -> None:
+    field.pop("default", None)
+
+
 class ProblemDocument(BaseModel):
     """RFC 9457 problem details, the body of every error response."""
 
@@ -35,7 +39,8 @@ class ProblemDocument(BaseModel):
     status: int = Field(examples=[404])
     detail: str = Field(examples=["project 0b7e... does not exist"])
     instance: str = Field(examples=["/v1/projects/0b7e..."])
-    errors: list[FieldError] | SkipJsonSchema[None] = None  # left out, never null, when there are none
+    # Left out, never null, when there are none: no null in its schema, and no `"default": null` either.
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(None, json_schema_extra=_no_default)
     request_id: str = Field(description="The response's X-Request-ID", examples=["7f3c1e52a9d84b6f"])
 
 

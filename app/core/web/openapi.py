@@ -133,11 +133,12 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
 }
+PROBLEM_SCHEMA = "#/components/schemas/ProblemDocument"
 _BY_STATUS = {"304": ["ETag"], "401": ["WWW-Authenticate"], "405": ["Allow"], "503": ["Retry-After"]}
 
 
 def merge_patch_operations(routes: list[BaseRoute]) -> set[tuple[str, str]]:
-    """(path, method) of the operations whose body may also be sent as a JSON merge patch."""
+    """(path, method) of the operations that take their body as a JSON merge patch."""
     found = set()
     for route in iter_route_contexts(routes):
         if isinstance(route.original_route, APIRoute) and any(
@@ -152,9 +153,6 @@ def _problem(status: str) -> dict[str, Any]:
     return {"description": phrase, "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA}}}}
 
 
-PROBLEM_SCHEMA = "#/components/schemas/ProblemDocument"
-
-
 def _is_resource(schema: dict[str, Any], response: dict[str, Any]) -> bool:
     """A single resource (an `id` and a `version`) is what carries an ETag."""
     ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
@@ -167,7 +165,10 @@ def declare_http_layer(schema: dict[str, Any], *, merge_patch: set[tuple[str, st
     route a user adds is described as truly as the template's, without listing them itself."""
     components = schema.setdefault("components", {})
     components.setdefault("headers", {}).update(HEADERS)
-    components.setdefault("schemas", {}).setdefault("ProblemDocument", ProblemDocument.model_json_schema())
+    schemas = components.setdefault("schemas", {})
+    if "ProblemDocument" not in schemas:  # no route names a problem of its own: the default still does
+        problem = ProblemDocument.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(problem.pop("$defs", {}), ProblemDocument=problem)
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             responses = operation.setdefault("responses", {})
