@@ -17,7 +17,7 @@ from app.core.settings import Settings, get_settings
 from app.core.web import health
 from app.core.web.cors import ProblemCORSMiddleware
 from app.core.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.core.web.openapi import install_openapi, problem_responses
+from app.core.web.openapi import install_openapi, operation_id, problem_responses
 from app.core.web.resources import RowShapes
 from app.projects.routes import router as projects_router
 from app.tasks.routes import router as tasks_router
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         root_path=settings.root_path,
         lifespan=lifespan,
         redirect_slashes=False,  # a redirect would be built from the client's Host header; 404 instead
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.database = Database(settings)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
+# Every status an in-process app answers is declared in its OpenAPI document (checked at the session's end).
+pytest_plugins = ["tests.observed_statuses"]
+
 
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:

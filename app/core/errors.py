@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
@@ -26,6 +27,10 @@ class FieldError(BaseModel):
     type: str
 
 
+def _no_default(field: dict[str, Any]) -> None:
+    field.pop("default", None)
+
+
 class ProblemDocument(BaseModel):
     """RFC 9457 problem details, the body of every error response."""
 
@@ -34,8 +39,9 @@ class ProblemDocument(BaseModel):
     status: int = Field(examples=[404])
     detail: str = Field(examples=["project 0b7e... does not exist"])
     instance: str = Field(examples=["/v1/projects/0b7e..."])
-    errors: list[FieldError] | None = None
-    request_id: str | None = None
+    # Left out, never null, when there are none: no null in its schema, and no `"default": null` either.
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(None, json_schema_extra=_no_default)
+    request_id: str = Field(description="The response's X-Request-ID", examples=["7f3c1e52a9d84b6f"])
 
 
 class ProblemError(Exception):
@@ -107,7 +113,8 @@ def invalid_json() -> InvalidRequest:
 
 
 def response_for(request: Request, problem: ProblemError) -> JSONResponse:
-    request_id: str | None = getattr(request.state, "request_id", None)
+    # Set by RequestContextMiddleware on every request; an app driven without it still names the answer.
+    request_id: str = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     document = ProblemDocument(
         type=problem.type,
         title=problem.title,
@@ -119,8 +126,8 @@ def response_for(request: Request, problem: ProblemError) -> JSONResponse:
     )
     body = document.model_dump(exclude_none=True)
     response = JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=PROBLEM_JSON)
-    if request_id:  # the 500 handler runs outside the middleware that stamps it on every other response
-        response.headers["X-Request-ID"] = request_id
+    # the 500 handler runs outside the middleware that stamps it on every other response
+    response.headers["X-Request-ID"] = request_id
     return response
 
 

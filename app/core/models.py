@@ -5,7 +5,9 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from sqlalchemy import DateTime, func, text
 from sqlmodel import Field, SQLModel
 
@@ -76,17 +78,42 @@ class AuditedPublic(SQLModel):
     updated_by: str | None
 
 
-class InputSchema(SQLModel):
-    """Request bodies: unknown (and server-owned) fields are an error, never silently dropped."""
-
-    model_config = {"extra": "forbid"}  # subclasses inherit it, also when they add an example
-
-
 def reject_null(value: object) -> object:
     """Merge patch: null clears a field, so it is refused for fields that cannot be empty."""
     if value is None:
         raise ValueError("may not be null")
     return value
+
+
+class InputSchema(SQLModel):
+    """Request bodies: unknown (and server-owned) fields are an error, never silently dropped.
+
+    A merge patch's field that may be left out but not cleared is typed `X | None = None` (absent:
+    unchanged) and refuses null with `field_validator(..., mode="before")(reject_null)`; that same
+    declaration takes `null` out of the field's JSON Schema, so generated clients cannot send it.
+    """
+
+    model_config = {"extra": "forbid"}  # subclasses inherit it, also when they add an example
+
+    @classmethod
+    def not_nullable(cls) -> set[str]:
+        """The fields whose validators include reject_null."""
+        validators = cls.__pydantic_decorators__.field_validators.values()
+        return {name for validator in validators if validator.func is reject_null for name in validator.info.fields}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        properties = handler.resolve_ref_schema(schema).get("properties", {})
+        for name in cls.not_nullable():
+            field = properties[name]
+            options = [option for option in field.pop("anyOf", [field]) if option.get("type") != "null"]
+            if len(options) == 1:
+                field.update(options[0])
+            else:  # a union of several types besides null: keep it, without null
+                field["anyOf"] = options
+            field.pop("default", None)  # leaving the field out is not sending null
+        return schema
 
 
 def example(**values: object) -> Any:

@@ -24,7 +24,9 @@ def _integral(value: object) -> object:
     return int(value)
 
 
-Priority = Annotated[int, BeforeValidator(_integral), Field(ge=0, le=3, description="0 is the highest priority")]
+# Field before BeforeValidator: bounds that precede a validator in Annotated become JSON Schema's
+# minimum/maximum; after it, pydantic writes them as its own ge/le, which no client generator reads.
+Priority = Annotated[int, Field(ge=0, le=3, description="0 is the highest priority"), BeforeValidator(_integral)]
 
 
 class TaskStatus(StrEnum):

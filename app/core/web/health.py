@@ -2,8 +2,10 @@
 
 import asyncio
 import logging
+from typing import Literal
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
 from app.core.db.database import database_of
 from app.core.db.failures import DatabaseUnavailable
@@ -15,14 +17,20 @@ router = APIRouter(tags=["health"])
 READY_TIMEOUT_S = 2.0
 
 
+class Health(BaseModel):
+    """What both checks answer when they pass (a named model: generated clients name theirs after it)."""
+
+    status: Literal["ok"] = "ok"
+
+
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Health:
     """Liveness: the process answers. Touches no database."""
-    return {"status": "ok"}
+    return Health()
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(request: Request) -> dict[str, str]:
+async def readyz(request: Request) -> Health:
     """Readiness: the database answers; 503 with `Retry-After` when it does not."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
@@ -33,4 +41,4 @@ async def readyz(request: Request) -> dict[str, str]:
     except Exception as error:  # any failure to answer means "not ready", whatever its cause
         logger.warning("readiness check failed: %s", type(error).__name__)
         raise DatabaseUnavailable("it does not answer") from None
-    return {"status": "ok"}
+    return Health()
