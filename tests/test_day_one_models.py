@@ -195,7 +195,9 @@ async def test_a_column_the_public_model_leaves_out_is_in_no_answer(
 
 async def test_a_router_added_after_create_app_is_filtered_too(notes_app: FastAPI, notes: httpx.AsyncClient) -> None:
     later = APIRouter(prefix="/v2/notes")
-    later.add_api_route("/{note_id}", read_note, methods=["GET"], response_model=NotePublic)
+    later.add_api_route(
+        "/{note_id}", read_note, methods=["GET"], response_model=NotePublic, operation_id="read_note_v2"
+    )
     notes_app.include_router(later)
     note = (await notes.post("/v1/notes", json={"name": "later"})).json()
     response = await notes.get(f"/v2/notes/{note['id']}")
