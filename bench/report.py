@@ -8,7 +8,12 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-ENDPOINT_NAMES = {"get_task": "GET one task", "list_tasks": "list tasks", "create_task": "POST task"}
+ENDPOINT_NAMES = {
+    "get_task": "GET one task",
+    "list_tasks": "list tasks",
+    "create_task": "POST task, keyed",
+    "create_task_unkeyed": "POST task, no key",
+}
 Run = dict[str, Any]
 
 
@@ -124,6 +129,7 @@ def medians(runs: list[Run], server_keys: list[str], modes: list[str]) -> dict[s
                     "req_per_cpu_s",
                     "worker_cpu_pct",
                     "db_sessions_opened",
+                    "connection_ms_per_request",
                 )
             }
             endpoints[mode]["non_2xx"] = sum(row["non_2xx"] for row in rows)
@@ -181,12 +187,13 @@ def render(results: dict[str, Any], endpoint_labels: dict[str, str]) -> list[str
         f"{on_load_cpu} on CPU {load_cpu}",
         f"every figure below is the median of the {runs} run(s); CPU/req = worker CPU time over the measured "
         "run / requests;",
-        "new conns = database connections the server opened during the measured run (pool churn)",
+        "new conns = database connections the server opened during the measured run (pool churn);",
+        "conn ms/req = the service's connections' checked-out time over the measured run / requests",
         "",
     ]
     header = (
         f"{'endpoint':29} {'server':12} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU/req':>9}"
-        f" {'worker CPU':>10} {'new conns':>9} {'non-2xx':>7} {'disturbed':>9}"
+        f" {'worker CPU':>10} {'new conns':>9} {'conn ms/req':>11} {'non-2xx':>7} {'disturbed':>9}"
     )
     lines += [header, "-" * len(header)]
     for mode, label in endpoint_labels.items():
@@ -194,10 +201,12 @@ def render(results: dict[str, Any], endpoint_labels: dict[str, str]) -> list[str
             row = servers[key]["endpoints"][mode]
             cpu = "-" if row["cpu_us_per_request"] is None else f"{row['cpu_us_per_request']:.0f} us"
             connections = row["db_sessions_opened"]
+            held = row.get("connection_ms_per_request")
             lines.append(
                 f"{label if index == 0 else '':29} {key:12} {row['rps'] or 0:7.0f} {row['p50_ms'] or 0:7.1f}"
                 f" {row['p99_ms'] or 0:7.1f} {cpu:>9} {row['worker_cpu_pct'] or 0:9.0f}%"
-                f" {'-' if connections is None else f'{connections:.0f}':>9} {row['non_2xx']:7d}"
+                f" {'-' if connections is None else f'{connections:.0f}':>9}"
+                f" {'-' if held is None else f'{held:.3f}':>11} {row['non_2xx']:7d}"
                 f" {row['disturbed_runs']:>5d}/{runs}"
             )
     lines.append("")

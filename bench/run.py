@@ -167,8 +167,10 @@ PEERS = ("flask", "fullstack", "lean", "asyncpg")
 ENDPOINTS = (
     ("get_task", "GET /v1/tasks/{id}"),
     ("list_tasks", "GET /v1/projects/{id}/tasks"),
-    ("create_task", "POST /v1/projects/{id}/tasks"),
+    ("create_task", "POST task, Idempotency-Key"),
+    ("create_task_unkeyed", "POST task, no key"),
 )
+WRITES = frozenset({"create_task", "create_task_unkeyed"})
 # What `import main` is compared with: the libraries it is built on, imported alone.
 MAIN_DEPENDENCIES = ("fastapi", "sqlmodel", "sqlalchemy.ext.asyncio", "asyncpg", "functions_framework.aio")
 
@@ -535,13 +537,20 @@ def server_env(url: str, server: Server | None = None, identity: Identity | None
     return env
 
 
-def start_server(server: Server, env: dict[str, str], pinning: Pinning, log: Path) -> tuple[subprocess.Popen, int]:
+# Under load the service is served through bench/service_main.py: main.py plus a bench-only path
+# that reports how long its connections were checked out (connection-seconds per request).
+SERVICE_UNDER_LOAD = "bench/service_main.py"
+
+
+def start_server(
+    server: Server, env: dict[str, str], pinning: Pinning, log: Path, source: str | None = None
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [
         *pinning.prefix(pinning.server_cpu),
         str(BIN / "functions-framework"),
         f"--target={server.target}",
-        f"--source={server.source}",
+        f"--source={source or server.source}",
         "--host=127.0.0.1",
         f"--port={port}",
     ]
@@ -627,6 +636,14 @@ def run_wrk(
     wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     measured["wrk_cpu_pct"] = round(100 * wrk_cpu_s / measured["seconds"], 1)
     return measured
+
+
+def connection_seconds(port: int) -> float:
+    """Seconds the service's connections have been checked out so far (bench/service_main.py)."""
+    status, _, answer = _call(port, "GET", "/_bench/connections", {})
+    if status != 200 or not isinstance(answer, dict):
+        raise BenchError(f"GET /_bench/connections: {status} {str(answer)[:300]}")
+    return float(answer["held_s"])
 
 
 def measure_cold_starts(server: Server, env: dict[str, str], pinning: Pinning, path: str, logs: Path) -> list[float]:
@@ -722,7 +739,8 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
     pinning, url = bench.pinning, bench.url
     token = bench.identity.token() if server.authenticated and bench.identity else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log")
+    source = SERVICE_UNDER_LOAD if server.source == "main.py" else None
+    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log", source)
     try:
         first_200(process, port, probe, time.perf_counter(), headers)
         check_contract(server, port, bench.dataset, headers)
@@ -740,9 +758,15 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
             token = bench.identity.token() if server.authenticated and bench.identity else None
             warmup = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, WARMUP_S, token=token) if WARMUP_S else {}
             sessions_before = asyncio.run(_sessions_opened(url))
+            held_before = connection_seconds(port) if source else None
             cpu_before, busy_before, wall_before = cpu_seconds(worker), cpu_times(), time.perf_counter()
             measured = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, DURATION_S, token=token)
             wall = time.perf_counter() - wall_before
+            if held_before is not None and measured["requests"]:
+                # Requests wrk gave up on at the deadline may still hold a connection: let them end.
+                time.sleep(0.2)
+                held_s = connection_seconds(port) - held_before
+                measured["connection_ms_per_request"] = round(1000 * held_s / measured["requests"], 4)
             worker_cpu_s = cpu_seconds(worker) - cpu_before
             measured["cpu_busy_pct"] = busy_percent(busy_before, cpu_times())
             sessions_after = asyncio.run(_sessions_opened(url))
@@ -762,7 +786,7 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
                 measured["interference_pct"] = round(other, 1)
                 print(f"bench: note: other processes used {other:.0f}% of CPU {pinning.server_cpu} meanwhile")
             measured["warmup"] = {key: warmup.get(key) for key in ("rps", "p99_ms", "non_2xx", "non_2xx_samples")}
-            if mode == "create_task":
+            if mode in WRITES:
                 # wrk stops sending at the deadline; requests it has given up on may still be running
                 # (a sync peer's thread pool): let them finish before their rows are deleted.
                 time.sleep(1)

@@ -2,13 +2,13 @@
 --
 --   wrk -t1 -c16 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE IDS_DIR [TAG [TOKEN]]
 --
--- MODE is get_task, list_tasks, create_task, or mixed (the soak: 70 % reads of one task, 20 %
+-- MODE is get_task, list_tasks, create_task (with an Idempotency-Key), create_task_unkeyed, or mixed (the soak: 70 % reads of one task, 20 %
 -- lists, 10 % creates). IDS_DIR holds tasks.txt and projects.txt
 -- (one UUID a line), written by run.py from the seeded rows. The seed is fixed, so every
 -- server gets the same sequence of requests.
 --
 -- Every request carries a W3C `traceparent`, as Google's front end adds to each request it
--- forwards; every POST carries an `Idempotency-Key`. TAG (16 hex digits, new for each wrk run) makes both
+-- forwards; every POST but create_task_unkeyed's carries an `Idempotency-Key`. TAG (16 hex digits, new for each wrk run) makes both
 -- unique across runs. TOKEN, when given, is sent as `Authorization: Bearer TOKEN`.
 local mode, ids_dir, tag, authorization
 local task_ids, project_ids = {}, {}
@@ -39,7 +39,8 @@ function init(args)
   mode, ids_dir, tag = args[1], args[2], args[3] or "0000000000000001"
   assert(tag:match("^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$"), "TAG must be 16 hex digits")
   if args[4] and #args[4] > 0 then authorization = "Bearer " .. args[4] end
-  assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task" or mode == "mixed",
+  assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task" or mode == "create_task_unkeyed"
+    or mode == "mixed",
     "unknown mode " .. tostring(mode))
   task_ids = read_lines(ids_dir .. "/tasks.txt")
   project_ids = read_lines(ids_dir .. "/projects.txt")
@@ -70,7 +71,9 @@ function request()
   posted = posted + 1
   local post_headers = headers()
   post_headers["Content-Type"] = "application/json"
-  post_headers["Idempotency-Key"] = string.format("wrk-%s-%d", tag, posted)
+  if kind ~= "create_task_unkeyed" then
+    post_headers["Idempotency-Key"] = string.format("wrk-%s-%d", tag, posted)
+  end
   -- A small task; the "wrk-post" prefix lets run.py delete these rows after the run.
   local body = string.format('{"title": "wrk-post %d", "priority": %d}', posted, posted % 4)
   return wrk.format("POST", path, post_headers, body)
