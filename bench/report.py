@@ -13,6 +13,7 @@ ENDPOINT_NAMES = {
     "list_tasks": "list tasks",
     "create_task": "POST task, keyed",
     "create_task_unkeyed": "POST task, no key",
+    "patch_task": "PATCH task, If-Match",
 }
 Run = dict[str, Any]
 

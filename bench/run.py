@@ -169,8 +169,9 @@ ENDPOINTS = (
     ("list_tasks", "GET /v1/projects/{id}/tasks"),
     ("create_task", "POST task, Idempotency-Key"),
     ("create_task_unkeyed", "POST task, no key"),
+    ("patch_task", "PATCH task, If-Match"),
 )
-WRITES = frozenset({"create_task", "create_task_unkeyed"})
+WRITES = frozenset({"create_task", "create_task_unkeyed", "patch_task"})
 # What `import main` is compared with: the libraries it is built on, imported alone.
 MAIN_DEPENDENCIES = ("fastapi", "sqlmodel", "sqlalchemy.ext.asyncio", "asyncpg", "functions_framework.aio")
 
@@ -448,6 +449,16 @@ async def _delete_posted(url: str, project_ids: list[uuid.UUID]) -> int:
         await conn.close()
 
 
+async def _reset_versions(url: str) -> None:
+    """Every task back to version 1, as wrk.lua's PATCH run expects (the seeded rows' priorities
+    and the PATCHes' own are all in range, so nothing else needs undoing)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute("UPDATE tasks SET version = 1 WHERE version <> 1")
+    finally:
+        await conn.close()
+
+
 async def _sessions_opened(url: str) -> int | None:
     """Connections ever opened to the database (PostgreSQL 14+): the difference over a run is the
     pool's churn. One is this query's own."""
@@ -626,8 +637,20 @@ def parse_wrk(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
 
 
 def run_wrk(
-    wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int, *, token: str | None = None
+    wrk: str,
+    pinning: Pinning,
+    port: int,
+    mode: str,
+    ids_dir: Path,
+    seconds: int,
+    *,
+    token: str | None = None,
+    url: str | None = None,
 ) -> dict[str, Any]:
+    if mode == "patch_task":  # wrk.lua's If-Match counts visits from version 1
+        if url is None:
+            raise BenchError("patch_task needs the database URL to reset the tasks' versions")
+        asyncio.run(_reset_versions(url))
     command = wrk_command(wrk, pinning, port, mode, ids_dir, seconds, token)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -756,11 +779,15 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
         for mode, label in ENDPOINTS:
             print(f"bench: run {run}: {server.key}: {label}: {WARMUP_S} s warm-up, {DURATION_S} s", flush=True)
             token = bench.identity.token() if server.authenticated and bench.identity else None
-            warmup = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, WARMUP_S, token=token) if WARMUP_S else {}
+            warmup = (
+                run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, WARMUP_S, token=token, url=url)
+                if WARMUP_S
+                else {}
+            )
             sessions_before = asyncio.run(_sessions_opened(url))
             held_before = connection_seconds(port) if source else None
             cpu_before, busy_before, wall_before = cpu_seconds(worker), cpu_times(), time.perf_counter()
-            measured = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, DURATION_S, token=token)
+            measured = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, DURATION_S, token=token, url=url)
             wall = time.perf_counter() - wall_before
             if held_before is not None and measured["requests"]:
                 # Requests wrk gave up on at the deadline may still hold a connection: let them end.
@@ -786,7 +813,7 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
                 measured["interference_pct"] = round(other, 1)
                 print(f"bench: note: other processes used {other:.0f}% of CPU {pinning.server_cpu} meanwhile")
             measured["warmup"] = {key: warmup.get(key) for key in ("rps", "p99_ms", "non_2xx", "non_2xx_samples")}
-            if mode in WRITES:
+            if mode in WRITES - {"patch_task"}:
                 # wrk stops sending at the deadline; requests it has given up on may still be running
                 # (a sync peer's thread pool): let them finish before their rows are deleted.
                 time.sleep(1)

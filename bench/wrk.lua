@@ -2,7 +2,9 @@
 --
 --   wrk -t1 -c16 -d10s -s bench/wrk.lua http://127.0.0.1:PORT -- MODE IDS_DIR [TAG [TOKEN]]
 --
--- MODE is get_task, list_tasks, create_task (with an Idempotency-Key), create_task_unkeyed, or mixed (the soak: 70 % reads of one task, 20 %
+-- MODE is get_task, list_tasks, create_task (with an Idempotency-Key), create_task_unkeyed,
+-- patch_task (PATCH with If-Match, the tasks in turn: run.py resets every version to 1 before each
+-- wrk run, so the n-th visit of a task expects version n), or mixed (the soak: 70 % reads of one task, 20 %
 -- lists, 10 % creates). IDS_DIR holds tasks.txt and projects.txt
 -- (one UUID a line), written by run.py from the seeded rows. The seed is fixed, so every
 -- server gets the same sequence of requests.
@@ -40,7 +42,7 @@ function init(args)
   assert(tag:match("^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$"), "TAG must be 16 hex digits")
   if args[4] and #args[4] > 0 then authorization = "Bearer " .. args[4] end
   assert(mode == "get_task" or mode == "list_tasks" or mode == "create_task" or mode == "create_task_unkeyed"
-    or mode == "mixed",
+    or mode == "patch_task" or mode == "mixed",
     "unknown mode " .. tostring(mode))
   task_ids = read_lines(ids_dir .. "/tasks.txt")
   project_ids = read_lines(ids_dir .. "/projects.txt")
@@ -60,6 +62,16 @@ function request()
   if mode == "mixed" then
     local draw = math.random(100)
     kind = draw <= 70 and "get_task" or (draw <= 90 and "list_tasks" or "create_task")
+  end
+  if kind == "patch_task" then
+    posted = posted + 1
+    local index = (posted - 1) % #task_ids + 1
+    local id = task_ids[index]
+    local version = math.floor((posted - 1) / #task_ids) + 1
+    local patch_headers = headers()
+    patch_headers["Content-Type"] = "application/merge-patch+json"
+    patch_headers["If-Match"] = string.format('"%s.%d"', id:gsub("-", ""), version)
+    return wrk.format("PATCH", "/v1/tasks/" .. id, patch_headers, string.format('{"priority": %d}', posted % 4))
   end
   if kind == "get_task" then
     return wrk.format("GET", "/v1/tasks/" .. task_ids[math.random(#task_ids)], headers())
