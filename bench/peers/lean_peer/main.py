@@ -126,7 +126,9 @@ PROJECT_EXISTS = Statement(select(exists().where(projects_table.c.id == bindpara
 INSERT_TASK = insert(tasks_table).returning(*tasks_table.c)  # run through SQLAlchemy: values vary per body
 # PATCH, to the peers' one spec: the fields sent, the version bumped, only while the version is the
 # one If-Match names (UPDATE ... WHERE id = $1 AND version = $2 ... RETURNING); no row means 412.
-_MATCHED = (tasks_table.c.id == bindparam("id"), tasks_table.c.version == bindparam("expected_version"))
+# The WHERE's parameters must not be named as a column: in an UPDATE, SQLAlchemy reserves those
+# names for the SET clause and refuses to compile the statement ("bindparam() name 'id' is reserved").
+_MATCHED = (tasks_table.c.id == bindparam("task_id"), tasks_table.c.version == bindparam("expected_version"))
 UPDATE_TASK = update(tasks_table).where(*_MATCHED).returning(*tasks_table.c)
 
 # ---- the pool: SQLAlchemy's async engine; created at import, it connects on first use in the worker
@@ -236,7 +238,7 @@ async def patch_task(
     changes = body.model_dump(exclude_unset=True) | {"version": tasks_table.c.version + 1, "updated_at": func.now()}
     async with engine.begin() as connection:  # one transaction, committed on leaving the block
         result = await connection.execute(
-            UPDATE_TASK.values(changes), {"id": task_id, "expected_version": int(version)}
+            UPDATE_TASK.values(changes), {"task_id": task_id, "expected_version": int(version)}
         )
         row = result.mappings().first()
     if row is None:
