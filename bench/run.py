@@ -37,6 +37,7 @@ import asyncio
 import atexit
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -130,6 +131,7 @@ class Server:
     source: str
     authenticated: bool = False  # AUTH_MODE=google, and wrk sends a bearer token
     cold_starts: bool = True
+    patches: bool = True  # answers PATCH with If-Match (the full-stack and asyncpg peers do not)
 
 
 SERVERS = (
@@ -153,6 +155,7 @@ SERVERS = (
         "full-stack-fastapi-template style (sync SQLModel Session, def routes)",
         "tasks",
         "bench/peers/fullstack_peer/main.py",
+        patches=False,
     ),
     Server(
         "lean",
@@ -160,7 +163,13 @@ SERVERS = (
         "tasks",
         "bench/peers/lean_peer/main.py",
     ),
-    Server("asyncpg", "no framework: aio function + asyncpg (the limit)", "tasks", "bench/peers/asyncpg_peer/main.py"),
+    Server(
+        "asyncpg",
+        "no framework: aio function + asyncpg (the limit)",
+        "tasks",
+        "bench/peers/asyncpg_peer/main.py",
+        patches=False,
+    ),
 )
 PEERS = ("flask", "fullstack", "lean", "asyncpg")
 
@@ -449,12 +458,13 @@ async def _delete_posted(url: str, project_ids: list[uuid.UUID]) -> int:
         await conn.close()
 
 
-async def _reset_versions(url: str) -> None:
-    """Every task back to version 1, as wrk.lua's PATCH run expects (the seeded rows' priorities
-    and the PATCHes' own are all in range, so nothing else needs undoing)."""
+async def _reset_versions(url: str, version: int) -> None:
+    """Every task at `version`, as wrk.lua's PATCH run expects (the seeded rows' priorities and the
+    PATCHes' own are all in range, so nothing else needs undoing)."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        await conn.execute("UPDATE tasks SET version = 1 WHERE version <> 1")
+        await conn.execute("UPDATE tasks SET version = $1", version)
+        await conn.execute("VACUUM ANALYZE tasks")  # every server's PATCH run meets the same table
     finally:
         await conn.close()
 
@@ -593,7 +603,14 @@ def first_200(
 
 
 def wrk_command(
-    wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int, token: str | None = None
+    wrk: str,
+    pinning: Pinning,
+    port: int,
+    mode: str,
+    ids_dir: Path,
+    seconds: int,
+    token: str | None = None,
+    first_version: int | None = None,
 ) -> list[str]:
     tag = uuid.uuid4().hex[:16]  # makes this run's Idempotency-Keys and trace ids its own
     return [
@@ -610,7 +627,8 @@ def wrk_command(
         mode,
         str(ids_dir),
         tag,
-        *([token] if token else []),
+        token or "",
+        *([str(first_version)] if first_version is not None else []),
     ]
 
 
@@ -636,6 +654,10 @@ def parse_wrk(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
     }
 
 
+# Each PATCH wrk run's first version: far enough apart that no run's visits reach the next one's.
+_PATCH_VERSIONS = itertools.count(1, 1000)
+
+
 def run_wrk(
     wrk: str,
     pinning: Pinning,
@@ -647,11 +669,17 @@ def run_wrk(
     token: str | None = None,
     url: str | None = None,
 ) -> dict[str, Any]:
-    if mode == "patch_task":  # wrk.lua's If-Match counts visits from version 1
+    first_version = None
+    if mode == "patch_task":  # wrk.lua's If-Match counts visits from the version set here
         if url is None:
-            raise BenchError("patch_task needs the database URL to reset the tasks' versions")
-        asyncio.run(_reset_versions(url))
-    command = wrk_command(wrk, pinning, port, mode, ids_dir, seconds, token)
+            raise BenchError("patch_task needs the database URL to set the tasks' versions")
+        # A new version for every wrk run, not back to 1: the PATCHes a server still had in flight
+        # when the previous wrk run stopped (a thread pool's queue) land after this reset; with
+        # the old version in their If-Match they miss, where with 1 again they would move rows
+        # this run expects unchanged, and its first visits there would answer 412.
+        first_version = next(_PATCH_VERSIONS)
+        asyncio.run(_reset_versions(url, first_version))
+    command = wrk_command(wrk, pinning, port, mode, ids_dir, seconds, token, first_version)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -706,8 +734,9 @@ def _call(port: int, method: str, path: str, headers: dict[str, str], body: byte
 
 
 def check_contract(server: Server, port: int, dataset: Dataset, headers: dict[str, str]) -> None:
-    """One task, two pages (the second after the first's cursor), a create, two 404s: the same
-    answers as the service's, as the wrk runs will send them. Raises BenchError otherwise."""
+    """One task, two pages (the second after the first's cursor), a create, a PATCH and its
+    repeat (200, then 412), two 404s: the same answers as the service's, as the wrk runs will send
+    them. Raises BenchError otherwise."""
     problems = []
     task_id, project_id, other_project = dataset.task_ids[0], dataset.project_ids[0], dataset.project_ids[-1]
     status, _, task = _call(port, "GET", f"/v1/tasks/{task_id}", headers)
@@ -735,12 +764,39 @@ def check_contract(server: Server, port: int, dataset: Dataset, headers: dict[st
         or answer_headers.get("location") != f"/v1/tasks/{created['id']}"
     ):
         problems.append(f"POST /v1/projects/{{id}}/tasks: {status} {answer_headers} {str(created)[:300]}")
+    if server.patches and isinstance(task, dict) and isinstance(task.get("version"), int):
+        problems += _check_patch(port, task, headers)
     for path in (f"/v1/tasks/{uuid.uuid4()}", f"/v1/projects/{uuid.uuid4()}/tasks"):
         status, _, answer = _call(port, "GET", path, headers)
         if status != 404:
             problems.append(f"GET {path}: {status} instead of 404: {str(answer)[:200]}")
     if problems:
         raise BenchError(f"{server.key} does not answer as every server must:\n  " + "\n  ".join(problems))
+
+
+def _check_patch(port: int, task: dict[str, Any], headers: dict[str, str]) -> list[str]:
+    """PATCH the task with its current ETag (its own priority: nothing but the version changes),
+    then again with the same one: 200 with the next version's ETag, then 412."""
+    path, task_hex = f"/v1/tasks/{task['id']}", uuid.UUID(task["id"]).hex
+    patch_headers = headers | {
+        "Content-Type": "application/merge-patch+json",
+        "If-Match": f'"{task_hex}.{task["version"]}"',
+    }
+    body = json.dumps({"priority": task["priority"]}).encode()
+    problems = []
+    status, answer_headers, patched = _call(port, "PATCH", path, patch_headers, body)
+    if (
+        status != 200
+        or not isinstance(patched, dict)
+        or set(patched) != TASK_FIELDS
+        or patched["version"] != task["version"] + 1
+        or answer_headers.get("etag") != f'"{task_hex}.{task["version"] + 1}"'
+    ):
+        problems.append(f"PATCH /v1/tasks/{{id}} with If-Match: {status} {answer_headers} {str(patched)[:300]}")
+    status, _, answer = _call(port, "PATCH", path, patch_headers, body)
+    if status != 412:
+        problems.append(f"PATCH /v1/tasks/{{id}} with a stale If-Match: {status} instead of 412: {str(answer)[:200]}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
