@@ -66,6 +66,7 @@ LUA = BENCH / "wrk.lua"
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(1, str(ROOT))  # tests.identity_fakes: the token issuer of the authenticated row
 
+import measure_startup  # noqa: E402 (scripts/measure_startup.py: `import main` over its libraries)
 import profile_summary  # noqa: E402 (bench/profile_summary.py, beside this file)
 import report  # noqa: E402 (bench/report.py)
 
@@ -181,8 +182,6 @@ ENDPOINTS = (
     ("patch_task", "PATCH task, If-Match"),
 )
 WRITES = frozenset({"create_task", "create_task_unkeyed", "patch_task"})
-# What `import main` is compared with: the libraries it is built on, imported alone.
-MAIN_DEPENDENCIES = ("fastapi", "sqlmodel", "sqlalchemy.ext.asyncio", "asyncpg", "functions_framework.aio")
 
 
 def selected_servers() -> tuple[Server, ...]:
@@ -887,30 +886,22 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
     return result
 
 
-_IMPORT_TIMING = (
-    "import time\n"
-    "t0 = time.perf_counter()\n"
-    f"import {', '.join(MAIN_DEPENDENCIES)}\n"
-    "t1 = time.perf_counter()\n"
-    "import main\n"
-    "print(t1 - t0, time.perf_counter() - t1)\n"
-)
-
-
 def measure_imports(bench: Bench) -> dict[str, Any]:
-    """`import main` against importing only the libraries it is built on: a fresh interpreter on
-    the server's CPU imports those first, then main; the second figure is what the app adds."""
+    """`import main` over importing the libraries it ends up importing and registering one FastAPI
+    route, in a fresh interpreter on the server's CPU (scripts/measure_startup.py, `make startup`):
+    the second figure is what the app's own code adds."""
     env = server_env(bench.url)
+    measure_startup.compile_bytecode()
+    modules = measure_startup.third_party_modules(env)
     samples = []
     for _ in range(IMPORT_SAMPLES):
-        command = [*bench.pinning.prefix(bench.pinning.server_cpu), sys.executable, "-c", _IMPORT_TIMING]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
-        if result.returncode != 0:
-            raise BenchError(f"import main failed:\n{result.stderr[-3000:]}")
-        dependencies_s, main_s = (float(value) for value in result.stdout.split()[-2:])
-        samples.append((round(dependencies_s * 1000, 1), round(main_s * 1000, 1)))
+        try:
+            timing = measure_startup.import_over_libraries(env, modules, bench.pinning.prefix(bench.pinning.server_cpu))
+        except subprocess.CalledProcessError as error:
+            raise BenchError(f"import main failed:\n{error.stderr[-3000:]}") from None
+        samples.append(tuple(round(seconds * 1000, 1) for seconds in timing[:2]))
     return {
-        "dependencies": list(MAIN_DEPENDENCIES),
+        "dependencies": sorted({name.partition(".")[0] for name in modules}),
         "dependencies_ms": statistics.median(sample[0] for sample in samples),
         "main_over_dependencies_ms": statistics.median(sample[1] for sample in samples),
         "samples_ms": samples,
@@ -970,7 +961,11 @@ def profile_service(bench: Bench) -> dict[str, Any]:
                 "non_2xx": served["non_2xx"],
             }
         profiles["imports"] = profile_summary.import_breakdown(
-            sys.executable, MAIN_DEPENDENCIES, env, ROOT, bench.pinning.prefix(bench.pinning.server_cpu)
+            sys.executable,
+            tuple(measure_startup.third_party_modules(env)),
+            env,
+            ROOT,
+            bench.pinning.prefix(bench.pinning.server_cpu),
         )
     finally:
         stop(process)
