@@ -19,7 +19,7 @@ export UV
 
 $(BIN)/.installed: pyproject.toml uv.lock | $(UV)
 	@echo "installing uv.lock into $(VENV) with $(UV)"
-	@$(UV) sync --locked --quiet --python $(PYTHON)
+	@$(UV) sync --locked --quiet --compile-bytecode --python $(PYTHON)
 	@touch $@
 
 $(CURDIR)/.uv/bin/uv:
@@ -51,7 +51,7 @@ clean:
 lock: | $(UV)
 	$(UV) lock --quiet --python $(PYTHON) $(LOCK_ARGS)
 	$(UV) export --frozen --quiet --no-dev --no-hashes --no-emit-project --output-file=requirements.txt
-	$(UV) sync --locked --quiet --python $(PYTHON)
+	$(UV) sync --locked --quiet --compile-bytecode --python $(PYTHON)
 	@touch $(BIN)/.installed
 
 # Autogenerate the next migration from the tables in app/<resource>/models.py: make migration NAME="add comments"

@@ -37,6 +37,7 @@ import asyncio
 import atexit
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -65,6 +66,7 @@ LUA = BENCH / "wrk.lua"
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(1, str(ROOT))  # tests.identity_fakes: the token issuer of the authenticated row
 
+import measure_startup  # noqa: E402 (scripts/measure_startup.py: `import main` over its libraries)
 import profile_summary  # noqa: E402 (bench/profile_summary.py, beside this file)
 import report  # noqa: E402 (bench/report.py)
 
@@ -130,6 +132,7 @@ class Server:
     source: str
     authenticated: bool = False  # AUTH_MODE=google, and wrk sends a bearer token
     cold_starts: bool = True
+    patches: bool = True  # answers PATCH with If-Match (the full-stack and asyncpg peers do not)
 
 
 SERVERS = (
@@ -153,6 +156,7 @@ SERVERS = (
         "full-stack-fastapi-template style (sync SQLModel Session, def routes)",
         "tasks",
         "bench/peers/fullstack_peer/main.py",
+        patches=False,
     ),
     Server(
         "lean",
@@ -160,17 +164,24 @@ SERVERS = (
         "tasks",
         "bench/peers/lean_peer/main.py",
     ),
-    Server("asyncpg", "no framework: aio function + asyncpg (the limit)", "tasks", "bench/peers/asyncpg_peer/main.py"),
+    Server(
+        "asyncpg",
+        "no framework: aio function + asyncpg (the limit)",
+        "tasks",
+        "bench/peers/asyncpg_peer/main.py",
+        patches=False,
+    ),
 )
 PEERS = ("flask", "fullstack", "lean", "asyncpg")
 
 ENDPOINTS = (
     ("get_task", "GET /v1/tasks/{id}"),
     ("list_tasks", "GET /v1/projects/{id}/tasks"),
-    ("create_task", "POST /v1/projects/{id}/tasks"),
+    ("create_task", "POST task, Idempotency-Key"),
+    ("create_task_unkeyed", "POST task, no key"),
+    ("patch_task", "PATCH task, If-Match"),
 )
-# What `import main` is compared with: the libraries it is built on, imported alone.
-MAIN_DEPENDENCIES = ("fastapi", "sqlmodel", "sqlalchemy.ext.asyncio", "asyncpg", "functions_framework.aio")
+WRITES = frozenset({"create_task", "create_task_unkeyed", "patch_task"})
 
 
 def selected_servers() -> tuple[Server, ...]:
@@ -446,6 +457,17 @@ async def _delete_posted(url: str, project_ids: list[uuid.UUID]) -> int:
         await conn.close()
 
 
+async def _reset_versions(url: str, version: int) -> None:
+    """Every task at `version`, as wrk.lua's PATCH run expects (the seeded rows' priorities and the
+    PATCHes' own are all in range, so nothing else needs undoing)."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute("UPDATE tasks SET version = $1", version)
+        await conn.execute("VACUUM ANALYZE tasks")  # every server's PATCH run meets the same table
+    finally:
+        await conn.close()
+
+
 async def _sessions_opened(url: str) -> int | None:
     """Connections ever opened to the database (PostgreSQL 14+): the difference over a run is the
     pool's churn. One is this query's own."""
@@ -535,13 +557,20 @@ def server_env(url: str, server: Server | None = None, identity: Identity | None
     return env
 
 
-def start_server(server: Server, env: dict[str, str], pinning: Pinning, log: Path) -> tuple[subprocess.Popen, int]:
+# Under load the service is served through bench/service_main.py: main.py plus a bench-only path
+# that reports how long its connections were checked out (connection-seconds per request).
+SERVICE_UNDER_LOAD = "bench/service_main.py"
+
+
+def start_server(
+    server: Server, env: dict[str, str], pinning: Pinning, log: Path, source: str | None = None
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [
         *pinning.prefix(pinning.server_cpu),
         str(BIN / "functions-framework"),
         f"--target={server.target}",
-        f"--source={server.source}",
+        f"--source={source or server.source}",
         "--host=127.0.0.1",
         f"--port={port}",
     ]
@@ -573,7 +602,14 @@ def first_200(
 
 
 def wrk_command(
-    wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int, token: str | None = None
+    wrk: str,
+    pinning: Pinning,
+    port: int,
+    mode: str,
+    ids_dir: Path,
+    seconds: int,
+    token: str | None = None,
+    first_version: int | None = None,
 ) -> list[str]:
     tag = uuid.uuid4().hex[:16]  # makes this run's Idempotency-Keys and trace ids its own
     return [
@@ -590,7 +626,8 @@ def wrk_command(
         mode,
         str(ids_dir),
         tag,
-        *([token] if token else []),
+        token or "",
+        *([str(first_version)] if first_version is not None else []),
     ]
 
 
@@ -616,10 +653,32 @@ def parse_wrk(stdout: str, stderr: str, returncode: int) -> dict[str, Any]:
     }
 
 
+# Each PATCH wrk run's first version: far enough apart that no run's visits reach the next one's.
+_PATCH_VERSIONS = itertools.count(1, 1000)
+
+
 def run_wrk(
-    wrk: str, pinning: Pinning, port: int, mode: str, ids_dir: Path, seconds: int, *, token: str | None = None
+    wrk: str,
+    pinning: Pinning,
+    port: int,
+    mode: str,
+    ids_dir: Path,
+    seconds: int,
+    *,
+    token: str | None = None,
+    url: str | None = None,
 ) -> dict[str, Any]:
-    command = wrk_command(wrk, pinning, port, mode, ids_dir, seconds, token)
+    first_version = None
+    if mode == "patch_task":  # wrk.lua's If-Match counts visits from the version set here
+        if url is None:
+            raise BenchError("patch_task needs the database URL to set the tasks' versions")
+        # A new version for every wrk run, not back to 1: the PATCHes a server still had in flight
+        # when the previous wrk run stopped (a thread pool's queue) land after this reset; with
+        # the old version in their If-Match they miss, where with 1 again they would move rows
+        # this run expects unchanged, and its first visits there would answer 412.
+        first_version = next(_PATCH_VERSIONS)
+        asyncio.run(_reset_versions(url, first_version))
+    command = wrk_command(wrk, pinning, port, mode, ids_dir, seconds, token, first_version)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -627,6 +686,14 @@ def run_wrk(
     wrk_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     measured["wrk_cpu_pct"] = round(100 * wrk_cpu_s / measured["seconds"], 1)
     return measured
+
+
+def connection_seconds(port: int) -> float:
+    """Seconds the service's connections have been checked out so far (bench/service_main.py)."""
+    status, _, answer = _call(port, "GET", "/_bench/connections", {})
+    if status != 200 or not isinstance(answer, dict):
+        raise BenchError(f"GET /_bench/connections: {status} {str(answer)[:300]}")
+    return float(answer["held_s"])
 
 
 def measure_cold_starts(server: Server, env: dict[str, str], pinning: Pinning, path: str, logs: Path) -> list[float]:
@@ -666,8 +733,9 @@ def _call(port: int, method: str, path: str, headers: dict[str, str], body: byte
 
 
 def check_contract(server: Server, port: int, dataset: Dataset, headers: dict[str, str]) -> None:
-    """One task, two pages (the second after the first's cursor), a create, two 404s: the same
-    answers as the service's, as the wrk runs will send them. Raises BenchError otherwise."""
+    """One task, two pages (the second after the first's cursor), a create, a PATCH and its
+    repeat (200, then 412), two 404s: the same answers as the service's, as the wrk runs will send
+    them. Raises BenchError otherwise."""
     problems = []
     task_id, project_id, other_project = dataset.task_ids[0], dataset.project_ids[0], dataset.project_ids[-1]
     status, _, task = _call(port, "GET", f"/v1/tasks/{task_id}", headers)
@@ -695,12 +763,39 @@ def check_contract(server: Server, port: int, dataset: Dataset, headers: dict[st
         or answer_headers.get("location") != f"/v1/tasks/{created['id']}"
     ):
         problems.append(f"POST /v1/projects/{{id}}/tasks: {status} {answer_headers} {str(created)[:300]}")
+    if server.patches and isinstance(task, dict) and isinstance(task.get("version"), int):
+        problems += _check_patch(port, task, headers)
     for path in (f"/v1/tasks/{uuid.uuid4()}", f"/v1/projects/{uuid.uuid4()}/tasks"):
         status, _, answer = _call(port, "GET", path, headers)
         if status != 404:
             problems.append(f"GET {path}: {status} instead of 404: {str(answer)[:200]}")
     if problems:
         raise BenchError(f"{server.key} does not answer as every server must:\n  " + "\n  ".join(problems))
+
+
+def _check_patch(port: int, task: dict[str, Any], headers: dict[str, str]) -> list[str]:
+    """PATCH the task with its current ETag (its own priority: nothing but the version changes),
+    then again with the same one: 200 with the next version's ETag, then 412."""
+    path, task_hex = f"/v1/tasks/{task['id']}", uuid.UUID(task["id"]).hex
+    patch_headers = headers | {
+        "Content-Type": "application/merge-patch+json",
+        "If-Match": f'"{task_hex}.{task["version"]}"',
+    }
+    body = json.dumps({"priority": task["priority"]}).encode()
+    problems = []
+    status, answer_headers, patched = _call(port, "PATCH", path, patch_headers, body)
+    if (
+        status != 200
+        or not isinstance(patched, dict)
+        or set(patched) != TASK_FIELDS
+        or patched["version"] != task["version"] + 1
+        or answer_headers.get("etag") != f'"{task_hex}.{task["version"] + 1}"'
+    ):
+        problems.append(f"PATCH /v1/tasks/{{id}} with If-Match: {status} {answer_headers} {str(patched)[:300]}")
+    status, _, answer = _call(port, "PATCH", path, patch_headers, body)
+    if status != 412:
+        problems.append(f"PATCH /v1/tasks/{{id}} with a stale If-Match: {status} instead of 412: {str(answer)[:200]}")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,7 +817,8 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
     pinning, url = bench.pinning, bench.url
     token = bench.identity.token() if server.authenticated and bench.identity else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log")
+    source = SERVICE_UNDER_LOAD if server.source == "main.py" else None
+    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log", source)
     try:
         first_200(process, port, probe, time.perf_counter(), headers)
         check_contract(server, port, bench.dataset, headers)
@@ -738,11 +834,21 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
         for mode, label in ENDPOINTS:
             print(f"bench: run {run}: {server.key}: {label}: {WARMUP_S} s warm-up, {DURATION_S} s", flush=True)
             token = bench.identity.token() if server.authenticated and bench.identity else None
-            warmup = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, WARMUP_S, token=token) if WARMUP_S else {}
+            warmup = (
+                run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, WARMUP_S, token=token, url=url)
+                if WARMUP_S
+                else {}
+            )
             sessions_before = asyncio.run(_sessions_opened(url))
+            held_before = connection_seconds(port) if source else None
             cpu_before, busy_before, wall_before = cpu_seconds(worker), cpu_times(), time.perf_counter()
-            measured = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, DURATION_S, token=token)
+            measured = run_wrk(bench.wrk, pinning, port, mode, bench.ids_dir, DURATION_S, token=token, url=url)
             wall = time.perf_counter() - wall_before
+            if held_before is not None and measured["requests"]:
+                # Requests wrk gave up on at the deadline may still hold a connection: let them end.
+                time.sleep(0.2)
+                held_s = connection_seconds(port) - held_before
+                measured["connection_ms_per_request"] = round(1000 * held_s / measured["requests"], 4)
             worker_cpu_s = cpu_seconds(worker) - cpu_before
             measured["cpu_busy_pct"] = busy_percent(busy_before, cpu_times())
             sessions_after = asyncio.run(_sessions_opened(url))
@@ -762,7 +868,7 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
                 measured["interference_pct"] = round(other, 1)
                 print(f"bench: note: other processes used {other:.0f}% of CPU {pinning.server_cpu} meanwhile")
             measured["warmup"] = {key: warmup.get(key) for key in ("rps", "p99_ms", "non_2xx", "non_2xx_samples")}
-            if mode == "create_task":
+            if mode in WRITES - {"patch_task"}:
                 # wrk stops sending at the deadline; requests it has given up on may still be running
                 # (a sync peer's thread pool): let them finish before their rows are deleted.
                 time.sleep(1)
@@ -780,30 +886,22 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
     return result
 
 
-_IMPORT_TIMING = (
-    "import time\n"
-    "t0 = time.perf_counter()\n"
-    f"import {', '.join(MAIN_DEPENDENCIES)}\n"
-    "t1 = time.perf_counter()\n"
-    "import main\n"
-    "print(t1 - t0, time.perf_counter() - t1)\n"
-)
-
-
 def measure_imports(bench: Bench) -> dict[str, Any]:
-    """`import main` against importing only the libraries it is built on: a fresh interpreter on
-    the server's CPU imports those first, then main; the second figure is what the app adds."""
+    """`import main` over importing the libraries it ends up importing and registering one FastAPI
+    route, in a fresh interpreter on the server's CPU (scripts/measure_startup.py, `make startup`):
+    the second figure is what the app's own code adds."""
     env = server_env(bench.url)
+    measure_startup.compile_bytecode()
+    modules = measure_startup.third_party_modules(env)
     samples = []
     for _ in range(IMPORT_SAMPLES):
-        command = [*bench.pinning.prefix(bench.pinning.server_cpu), sys.executable, "-c", _IMPORT_TIMING]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
-        if result.returncode != 0:
-            raise BenchError(f"import main failed:\n{result.stderr[-3000:]}")
-        dependencies_s, main_s = (float(value) for value in result.stdout.split()[-2:])
-        samples.append((round(dependencies_s * 1000, 1), round(main_s * 1000, 1)))
+        try:
+            timing = measure_startup.import_over_libraries(env, modules, bench.pinning.prefix(bench.pinning.server_cpu))
+        except subprocess.CalledProcessError as error:
+            raise BenchError(f"import main failed:\n{error.stderr[-3000:]}") from None
+        samples.append(tuple(round(seconds * 1000, 1) for seconds in timing[:2]))
     return {
-        "dependencies": list(MAIN_DEPENDENCIES),
+        "dependencies": sorted({name.partition(".")[0] for name in modules}),
         "dependencies_ms": statistics.median(sample[0] for sample in samples),
         "main_over_dependencies_ms": statistics.median(sample[1] for sample in samples),
         "samples_ms": samples,
@@ -863,7 +961,11 @@ def profile_service(bench: Bench) -> dict[str, Any]:
                 "non_2xx": served["non_2xx"],
             }
         profiles["imports"] = profile_summary.import_breakdown(
-            sys.executable, MAIN_DEPENDENCIES, env, ROOT, bench.pinning.prefix(bench.pinning.server_cpu)
+            sys.executable,
+            tuple(measure_startup.third_party_modules(env)),
+            env,
+            ROOT,
+            bench.pinning.prefix(bench.pinning.server_cpu),
         )
     finally:
         stop(process)

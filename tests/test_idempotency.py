@@ -1,6 +1,7 @@
 """Safe retries: Idempotency-Key on POST, per the contract's "Safe retries" section."""
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -68,53 +69,135 @@ async def test_the_same_key_on_another_endpoint_is_422(client: httpx.AsyncClient
     assert_problem(response, 422)
 
 
-async def test_a_repeat_while_the_first_is_in_progress_is_409(client: httpx.AsyncClient, database_url: str) -> None:
+def assert_same_answer(again: httpx.Response, first: httpx.Response) -> None:
+    """Byte for byte: status, body, Location and ETag."""
+    assert (again.status_code, again.content) == (first.status_code, first.content)
+    for header in ["location", "etag", "content-type"]:
+        assert again.headers[header] == first.headers[header]
+
+
+async def test_a_repeat_while_the_first_is_in_progress_waits_and_replays_its_answer(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """A session stands in for a first request still running: it has stored its answer under the
+    key, uncommitted. The repeat waits on the key, then replays that answer once it commits."""
     headers, name = key(), unique("busy")
+    first = await client.post("/v1/projects", json={"name": unique("first")}, headers=key())
+    fingerprint = await _fingerprint_of(client, database_url, name)
     holder = await asyncpg.connect(libpq_url(database_url))
-    try:  # hold the key's lock, as a first request still running would
-        await holder.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", f"\n{headers['Idempotency-Key']}")
-        response = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    try:
+        async with holder.transaction():
+            await _store_answer(holder, headers["Idempotency-Key"], fingerprint, first)
+            repeat = asyncio.create_task(client.post("/v1/projects", json={"name": name}, headers=headers))
+            await asyncio.sleep(0.3)
+            assert not repeat.done()  # waiting for the first to end
+        response = await repeat
     finally:
         await holder.close()
-    assert "in progress" in assert_problem(response, 409)["detail"]
+    assert_same_answer(response, first)
+    assert response.headers["idempotent-replayed"] == "true"
     assert await _count_projects(database_url, name) == 0
-    assert (await client.post("/v1/projects", json={"name": name}, headers=headers)).status_code == 201
 
 
-async def test_concurrent_repeats_create_exactly_once(client: httpx.AsyncClient, database_url: str) -> None:
+async def _fingerprint_of(client: httpx.AsyncClient, database_url: str, name: str) -> str:
+    """The fingerprint the service stores for POST /v1/projects {"name": name}: read back from a
+    keyed create of that body, then deleted."""
+    probe = key()
+    created = await client.post("/v1/projects", json={"name": name}, headers=probe)
+    query = "SELECT fingerprint FROM idempotency_keys WHERE key = $1"
+    fingerprint: str = await fetchval(database_url, query, probe["Idempotency-Key"])
+    await client.delete(created.headers["location"])
+    return fingerprint
+
+
+async def _store_answer(connection: asyncpg.Connection, key: str, fingerprint: str, answer: httpx.Response) -> None:
+    """The key with `answer`, as the release before stored its keys (the rendered answer)."""
+    await connection.execute(
+        "INSERT INTO idempotency_keys (principal, key, fingerprint, status, body, location, etag)"
+        " VALUES ('', $1, $2, 201, $3, $4, $5)",
+        key,
+        fingerprint,
+        answer.text,
+        answer.headers["location"],
+        answer.headers["etag"],
+    )
+
+
+async def test_concurrent_repeats_create_one_row_and_all_get_the_first_answer(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
     headers, name = key(), unique("race")
     responses = await asyncio.gather(
-        *(client.post("/v1/projects", json={"name": name}, headers=headers) for _ in range(8))
+        *(client.post("/v1/projects", json={"name": name}, headers=headers) for _ in range(20))
     )
-    assert {response.status_code for response in responses} <= {201, 409}
-    created = {response.json()["id"] for response in responses if response.status_code == 201}
-    assert len(created) == 1
+    first = next(response for response in responses if "idempotent-replayed" not in response.headers)
+    assert first.status_code == 201
+    for response in responses:
+        assert_same_answer(response, first)
+    assert sum("idempotent-replayed" not in response.headers for response in responses) == 1
     assert await _count_projects(database_url, name) == 1
 
 
-async def test_a_failed_request_is_not_remembered(
-    client: httpx.AsyncClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+async def test_concurrent_repeats_of_a_task_create_one_row(
+    client: httpx.AsyncClient, database_url: str, project: dict[str, Any]
 ) -> None:
-    """A 500 inside the write's transaction rolls back the write and the record: the retry creates."""
-    from app.core.web import idempotency
+    """Tasks have no unique column: the key's index alone makes the repeats wait and replay."""
+    headers, title = key(), unique("task-race")
+    url = f"/v1/projects/{project['id']}/tasks"
+    responses = await asyncio.gather(*(client.post(url, json={"title": title}, headers=headers) for _ in range(20)))
+    first = next(response for response in responses if "idempotent-replayed" not in response.headers)
+    for response in responses:
+        assert_same_answer(response, first)
+    assert await fetchval(database_url, "SELECT count(*) FROM tasks WHERE title = $1", title) == 1
 
-    headers, name = key(), unique("fail")
 
-    remember = idempotency.Idempotency.remember
-
-    async def remember_then_fail(self: idempotency.Idempotency, connection: Any, response: Any) -> None:
-        await remember(self, connection, response)
-        raise RuntimeError("injected between the record and the commit")
-
-    monkeypatch.setattr(idempotency.Idempotency, "remember", remember_then_fail)
-    failed = await client.post("/v1/projects", json={"name": name}, headers=headers)
-    monkeypatch.undo()
+async def test_a_failure_while_storing_the_answer_leaves_neither_row_nor_key(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """The key is stored by the create's own statement: when that part fails (a test-only trigger on
+    the keys table), the row goes too, and a retry runs afresh."""
+    headers, name = {"Idempotency-Key": f"fail-{uuid.uuid4()}"}, unique("fail")
+    await fetch(
+        database_url,
+        "CREATE OR REPLACE FUNCTION test_refuse_key() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN IF NEW.key LIKE 'fail-%' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+    )
+    await fetch(
+        database_url,
+        "CREATE TRIGGER test_refuse_key BEFORE INSERT ON idempotency_keys"
+        " FOR EACH ROW EXECUTE FUNCTION test_refuse_key()",
+    )
+    try:
+        failed = await client.post("/v1/projects", json={"name": name}, headers=headers)
+    finally:
+        await fetch(database_url, "DROP TRIGGER test_refuse_key ON idempotency_keys")
+        await fetch(database_url, "DROP FUNCTION test_refuse_key()")
     assert_problem(failed, 500)
     assert await _count_projects(database_url, name) == 0
+    assert (
+        await fetchval(database_url, "SELECT count(*) FROM idempotency_keys WHERE key = $1", headers["Idempotency-Key"])
+        == 0
+    )
     retried = await client.post("/v1/projects", json={"name": name}, headers=headers)
     assert retried.status_code == 201
     assert "idempotent-replayed" not in retried.headers
     assert await _count_projects(database_url, name) == 1
+
+
+async def test_a_key_stored_by_the_release_before_replays_as_it_was_stored(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """The release before stored the rendered answer (body, Location, ETag) and no columns."""
+    headers = key()
+    first = await client.post("/v1/projects", json={"name": unique("old")}, headers=headers)
+    await fetch(
+        database_url,
+        "UPDATE idempotency_keys SET resource = NULL, body = $2 WHERE key = $1",
+        headers["Idempotency-Key"],
+        first.text,
+    )
+    again = await client.post("/v1/projects", json=json.loads(first.request.content), headers=headers)
+    assert_same_answer(again, first)
 
 
 async def test_a_client_error_is_not_remembered(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
@@ -151,30 +234,27 @@ async def test_each_stored_answer_forgets_other_expired_keys(client: httpx.Async
     assert await fetchval(database_url, "SELECT count(*) FROM idempotency_keys WHERE key = ANY($1)", keys) == 0
 
 
-async def test_an_answer_stored_meanwhile_wins_and_the_late_write_is_undone(
+async def test_a_repeat_just_after_the_first_committed_replays_instead_of_name_taken(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
-    """A repeat that commits its answer between another's read and lock must not get a second one:
-    the store is the arbiter. Here the first answer appears after the read (a trigger-free stand-in:
-    a concurrent session inserts it while the request's transaction waits on the project insert)."""
+    """A repeat whose project insert meets the unique name of the project the first request made
+    (committed just after the repeat began) replays the first answer instead of a 409 "name taken".
+    Here a session stands in for the first request: it holds the name and the key, then commits."""
     headers, name = key(), unique("late")
+    probe = await client.post("/v1/projects", json={"name": unique("probe")}, headers=key())
+    fingerprint = await _fingerprint_of(client, database_url, name)
     blocker = await asyncpg.connect(libpq_url(database_url))
     try:
-        async with blocker.transaction():  # holds the name: the request's INSERT waits for this transaction
+        async with blocker.transaction():  # holds the name: the repeat's INSERT waits for this transaction
             await blocker.execute("INSERT INTO projects (name) VALUES ($1)", name)
             request = asyncio.create_task(client.post("/v1/projects", json={"name": name}, headers=headers))
-            await asyncio.sleep(0.3)  # the request has read "no answer" and now waits on the unique index
-            await blocker.execute(
-                "INSERT INTO idempotency_keys (principal, key, fingerprint, status, body, location, etag)"
-                " VALUES ('', $1, 'f', 201, '{}', '/x', '\"x\"')",
-                headers["Idempotency-Key"],
-            )
-            await blocker.execute("DELETE FROM projects WHERE name = $1", name)  # the request's insert may go on
+            await asyncio.sleep(0.3)  # the repeat now waits on the unique name index
+            await _store_answer(blocker, headers["Idempotency-Key"], fingerprint, probe)
         response = await request
     finally:
         await blocker.close()
-    assert "in progress" in assert_problem(response, 409)["detail"]
-    assert await _count_projects(database_url, name) == 0  # its project was rolled back with it
+    assert_same_answer(response, probe)
+    assert await _count_projects(database_url, name) == 1  # the first's, not a second
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 256, "has space", "ünï", "tab\there"])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.core.db.database import database_of
 from app.core.db.pagination import Page, PageDep
 from app.core.identity.auth import principal_of
-from app.core.web.idempotency import IdempotencyDep
+from app.core.web.idempotency import AnswerStored, IdempotencyDep
 from app.core.web.openapi import NOT_MODIFIED, problem_responses
 from app.core.web.resources import (
     IfMatch,
@@ -36,14 +36,18 @@ router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_r
 )
 async def create_project(body: ProjectCreate, idempotency: IdempotencyDep, request: Request) -> Response:
     """Create a project. Send `Idempotency-Key` to make retries safe."""
-    async with database_of(request).transaction() as connection:
-        if replay := await idempotency.replay(connection):
-            return replay
-        project = await service.create_project(connection=connection, data=body, principal=principal_of(request))
-        location = location_of(request, f"/v1/projects/{project['id']}")
-        response = resource_response(project, status_code=201, location=location)
-        await idempotency.remember(connection, response)  # in the same transaction as the project
-    return response
+    prefix = location_of(request, "/v1/projects/")
+    async with database_of(request).connection() as connection:  # one statement, the key's answer included
+        try:
+            project = await service.create_project(
+                connection=connection,
+                data=body,
+                principal=principal_of(request),
+                idempotency=idempotency.locating(prefix),
+            )
+        except AnswerStored as stored:
+            return stored.response
+    return resource_response(project, status_code=201, location=f"{prefix}{project['id']}")
 
 
 @router.get("", response_model=Page[ProjectPublic])
@@ -79,7 +83,7 @@ async def update_project(
     if_match: IfMatch = None,
 ) -> Response:
     """Change a project with a JSON merge patch. `If-Match` with its ETag guards against lost updates."""
-    async with database_of(request).transaction() as connection:
+    async with database_of(request).connection() as connection:  # one UPDATE: its own transaction
         project = await service.update_project(
             connection=connection,
             project_id=project_id,
@@ -93,7 +97,7 @@ async def update_project(
 @router.delete("/{project_id}", status_code=204, responses=problem_responses(404, 412))
 async def delete_project(project_id: uuid.UUID, request: Request, if_match: IfMatch = None) -> Response:
     """Delete a project and all its tasks. `If-Match` makes the delete conditional."""
-    async with database_of(request).transaction() as connection:
+    async with database_of(request).connection() as connection:  # one DELETE: its own transaction
         await service.delete_project(
             connection=connection,
             project_id=project_id,

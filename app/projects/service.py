@@ -12,6 +12,7 @@ from app.core.db.failures import violated_constraint
 from app.core.db.pagination import Keyset, PageRequest
 from app.core.db.statements import LIKE_ESCAPE, Row, escape_like
 from app.core.errors import Conflict
+from app.core.web.idempotency import Idempotency
 from app.projects.models import Project, ProjectCreate, ProjectUpdate
 
 _PROJECTS = Keyset(select(Project))
@@ -27,9 +28,15 @@ async def get_project(*, connection: asyncpg.Connection, project_id: uuid.UUID) 
     return await crud.get(connection, Project, project_id)
 
 
-async def create_project(*, connection: asyncpg.Connection, data: ProjectCreate, principal: str | None) -> Row:
+async def create_project(
+    *,
+    connection: asyncpg.Connection,
+    data: ProjectCreate,
+    principal: str | None,
+    idempotency: Idempotency | None = None,
+) -> Row:
     try:
-        return await crud.create(connection, Project, data.model_dump(), principal=principal)
+        return await crud.create(connection, Project, data.model_dump(), principal=principal, idempotency=idempotency)
     except asyncpg.UniqueViolationError as error:  # the unique index decides: of two racing creates, one wins
         if violated_constraint(error) == "uq_projects_name_lower":
             raise _name_taken(data.name) from None

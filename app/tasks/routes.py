@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.core.db.database import database_of
 from app.core.db.pagination import Page, PageDep
 from app.core.identity.auth import principal_of
-from app.core.web.idempotency import IdempotencyDep
+from app.core.web.idempotency import AnswerStored, IdempotencyDep
 from app.core.web.openapi import NOT_MODIFIED, problem_responses
 from app.core.web.resources import (
     IfMatch,
@@ -32,7 +32,7 @@ router = APIRouter(tags=["tasks"], responses=problem_responses(422, 500, 503))
     status_code=201,
     response_model=TaskPublic,
     dependencies=[Depends(require_json)],
-    responses=problem_responses(404, 409, 413, 415),
+    responses=problem_responses(404, 413, 415),
 )
 async def create_task(
     project_id: uuid.UUID,
@@ -41,16 +41,19 @@ async def create_task(
     request: Request,
 ) -> Response:
     """Create a task in a project. Send `Idempotency-Key` to make retries safe."""
-    async with database_of(request).transaction() as connection:
-        if replay := await idempotency.replay(connection):
-            return replay
-        task = await service.create_task(
-            connection=connection, project_id=project_id, data=body, principal=principal_of(request)
-        )
-        location = location_of(request, f"/v1/tasks/{task['id']}")
-        response = resource_response(task, status_code=201, location=location)
-        await idempotency.remember(connection, response)  # in the same transaction as the task
-    return response
+    prefix = location_of(request, "/v1/tasks/")
+    async with database_of(request).connection() as connection:  # one statement, the key's answer included
+        try:
+            task = await service.create_task(
+                connection=connection,
+                project_id=project_id,
+                data=body,
+                principal=principal_of(request),
+                idempotency=idempotency.locating(prefix),
+            )
+        except AnswerStored as stored:
+            return stored.response
+    return resource_response(task, status_code=201, location=f"{prefix}{task['id']}")
 
 
 @router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))
@@ -82,7 +85,7 @@ async def read_task(task_id: uuid.UUID, request: Request, if_none_match: IfNoneM
 )
 async def update_task(task_id: uuid.UUID, body: TaskUpdate, request: Request, if_match: IfMatch = None) -> Response:
     """Change a task with a JSON merge patch; `project_id` moves it. `If-Match` guards the write."""
-    async with database_of(request).transaction() as connection:
+    async with database_of(request).connection() as connection:  # one UPDATE: its own transaction
         task = await service.update_task(
             connection=connection,
             task_id=task_id,
@@ -96,7 +99,7 @@ async def update_task(task_id: uuid.UUID, body: TaskUpdate, request: Request, if
 @router.delete("/v1/tasks/{task_id}", status_code=204, responses=problem_responses(404, 412))
 async def delete_task(task_id: uuid.UUID, request: Request, if_match: IfMatch = None) -> Response:
     """Delete a task. `If-Match` makes the delete conditional."""
-    async with database_of(request).transaction() as connection:
+    async with database_of(request).connection() as connection:  # one DELETE: its own transaction
         await service.delete_task(
             connection=connection,
             task_id=task_id,

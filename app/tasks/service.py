@@ -12,6 +12,7 @@ from app.core.db.failures import missing_parent
 from app.core.db.pagination import Keyset, PageRequest
 from app.core.db.statements import Row, Statement
 from app.core.errors import InvalidRequest, not_found
+from app.core.web.idempotency import Idempotency
 from app.projects.models import Project
 from app.tasks.models import Task, TaskCreate, TaskStatus, TaskUpdate
 
@@ -26,11 +27,16 @@ async def get_task(*, connection: asyncpg.Connection, task_id: uuid.UUID) -> Row
 
 
 async def create_task(
-    *, connection: asyncpg.Connection, project_id: uuid.UUID, data: TaskCreate, principal: str | None
+    *,
+    connection: asyncpg.Connection,
+    project_id: uuid.UUID,
+    data: TaskCreate,
+    principal: str | None,
+    idempotency: Idempotency | None = None,
 ) -> Row:
     values = data.model_dump() | {"project_id": project_id}
     try:
-        return await crud.create(connection, Task, values, principal=principal)
+        return await crud.create(connection, Task, values, principal=principal, idempotency=idempotency)
     except asyncpg.ForeignKeyViolationError as error:
         if missing_parent(error, Task, Project):
             raise not_found(Project.resource_name, project_id) from None

@@ -7,7 +7,7 @@ of two writers holding the same ETag exactly one wins; the other gets 412. Every
 
 import uuid
 from functools import cache
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import asyncpg
 import sqlalchemy as sa
@@ -19,15 +19,23 @@ from app.core.errors import PreconditionFailed, not_found
 from app.core.models import Audited
 from app.core.observability.audit import audit
 
+if TYPE_CHECKING:
+    from app.core.web.idempotency import Idempotency
+
 
 def _table(model: type[Audited]) -> Any:
     return model.__table__  # type: ignore[attr-defined]
 
 
 @cache
-def _insert(model: type[Audited], columns: tuple[str, ...]) -> Statement:
+def _insert_returning(model: type[Audited], columns: tuple[str, ...]) -> sa.Insert:
     values: dict[str, Any] = {column: bindparam(column) for column in columns}
-    return Statement(sa.insert(_table(model)).values(values).returning(*_table(model).c))
+    return sa.insert(_table(model)).values(values).returning(*_table(model).c)
+
+
+@cache
+def _insert(model: type[Audited], columns: tuple[str, ...]) -> Statement:
+    return Statement(_insert_returning(model, columns))
 
 
 @cache
@@ -59,11 +67,22 @@ def _delete(model: type[Audited]) -> Statement:
 
 
 async def create(
-    connection: asyncpg.Connection, model: type[Audited], values: dict[str, Any], *, principal: str | None
+    connection: asyncpg.Connection,
+    model: type[Audited],
+    values: dict[str, Any],
+    *,
+    principal: str | None,
+    idempotency: "Idempotency | None" = None,
 ) -> Row:
-    """One INSERT ... RETURNING: the database fills id, timestamps and version."""
+    """One INSERT ... RETURNING: the database fills id, timestamps and version. With an
+    Idempotency-Key, the same statement stores the answer (`AnswerStored` when the key has one)."""
     values = values | {"created_by": principal, "updated_by": principal}
-    created = await _insert(model, tuple(values)).fetchrow(connection, **values)
+    columns = tuple(values)
+    created: Row | None
+    if idempotency is not None and idempotency.key is not None:
+        created = await idempotency.create(connection, _table(model), _insert_returning(model, columns), values)
+    else:
+        created = await _insert(model, columns).fetchrow(connection, **values)
     assert created is not None
     _audit("create", model, created, principal)
     return created

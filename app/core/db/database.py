@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,6 +58,9 @@ class Database:
         )
         self._connector: Any = None
         self.pool = Once(self._open_pool)  # `await database.pool()`: made, and the login proven, once
+        # Seconds connections were checked out, summed: what a request costs the fleet's connection
+        # budget (`make bench` reports it per write). Two float operations per request.
+        self.held_s = 0.0
         instance, user = settings.instance_connection_name, settings.db_iam_user
         self.target = f"Cloud SQL instance {instance} as {user}" if instance else "the DATABASE_URL server"  # for logs
 
@@ -70,6 +74,7 @@ class Database:
             reason = describe(error, self._cloud_sql)
             logger.warning("no database connection: %s", reason)
             raise DatabaseUnavailable(reason) from error
+        checked_out = time.perf_counter()
         try:
             yield connection
         except BaseException as error:
@@ -77,7 +82,10 @@ class Database:
             # cancelled midway (a timeout or shutdown cancels the task, not the statement).
             pool.release(connection, discard=not isinstance(error, Exception) or breaks_the_connection(error))
             raise
-        pool.release(connection)
+        else:
+            pool.release(connection)
+        finally:
+            self.held_s += time.perf_counter() - checked_out
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

@@ -69,7 +69,7 @@ class Keyset:
     for the pages after a cursor. One row more than the page tells whether another page exists."""
 
     def __init__(self, statement: Select[Any]) -> None:
-        table = statement.get_final_froms()[0]
+        table = statement.columns_clause_froms[0]  # the selected table, read without compiling the statement
         newest_first = statement.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(bindparam("limit"))
         after = tuple_(table.c.created_at, table.c.id) < tuple_(bindparam("after_created_at"), bindparam("after_id"))
         self._first = statements.Statement(newest_first)

@@ -1,28 +1,51 @@
 """Safe retries for POST: the `Idempotency-Key` header (IETF draft), as the contract describes it.
 
-The first response to a key is stored in the same transaction as the write it reports, so either
-both exist or neither does: a request that fails (5xx or otherwise) leaves no record, and its
-retry runs afresh. While a request holds a key, a transaction-scoped advisory lock marks it busy,
-so a concurrent repeat gets 409 instead of waiting. Keys are scoped per principal and kept 24 hours.
+A keyed create is one statement (`Idempotency.create`): it inserts the row and, from the row it
+returns, the key with the row's columns, so either both exist or neither does: a request that fails
+leaves no record, and its retry runs afresh. When the key already holds a live answer, its ON
+CONFLICT calls `idempotency_key_live()` (made by the migrations), which aborts the statement, row
+and all; a second round trip then reads the stored answer and replays it, rendered from the stored
+columns exactly as the first answer was. A repeat arriving while the first still runs waits on the
+key's unique index until the first ends, then replays its answer (or, if the first failed, runs
+afresh). Keys are scoped per principal and kept 24 hours.
 """
 
 import hashlib
 import json
 from datetime import datetime
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Header, Request, Response
-from sqlalchemy import Index, SmallInteger, Text, bindparam, delete, func, literal, select, text, true, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    Index,
+    SmallInteger,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+    true,
+    tuple_,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, SQLModel
 
-from app.core.db.statements import Statement
-from app.core.errors import Conflict, InvalidRequest
+from app.core.db.statements import Row, Statement
+from app.core.errors import InvalidRequest
 from app.core.identity.auth import principal_of
 from app.core.models import SET_BY_SERVER, TIMESTAMP
+from app.core.web.resources import resource_response
 
-EXPIRED_ROWS_PER_WRITE = 20  # each remembered response also clears a few expired ones
+EXPIRED_ROWS_PER_WRITE = 20  # each remembered answer also clears a few expired ones
+KEY_LIVE_SQLSTATE = "IK409"  # raised by idempotency_key_live(), created by the migrations
 
 
 class IdempotencyRecord(SQLModel, table=True):
@@ -35,93 +58,128 @@ class IdempotencyRecord(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=255)
     fingerprint: str = Field(max_length=64)  # sha256 of method, path and canonical JSON body
     status: int = Field(sa_type=SmallInteger)
+    # The answer as JSON text. Keys stored by an earlier release replay it as it is; this release
+    # replays `resource` and fills `body` with the same columns, for a release rolled back to.
     body: str = Field(sa_type=Text)
     location: str = Field(max_length=2048)
     etag: str = Field(max_length=100)
     created_at: datetime = Field(sa_type=TIMESTAMP, nullable=False, sa_column_kwargs=SET_BY_SERVER)
+    resource: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # the created row's columns
 
 
 _TABLE = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 _TTL = text("interval '24 hours'")
-_ANSWER = ("fingerprint", "status", "body", "location", "etag")
 _KEY_COLUMNS = tuple_(_TABLE.c.principal, _TABLE.c.key)
-_THIS_KEY = tuple_(bindparam("principal"), bindparam("key"))
-
-# One round trip: try the key's lock, and read its stored answer. The lock answers a concurrent
-# repeat with an early 409; the store below is the arbiter, so that a repeat committing between
-# this statement's snapshot and its lock still cannot produce a second answer.
-_live = select(_TABLE).where(_KEY_COLUMNS == _THIS_KEY, _TABLE.c.created_at > func.now() - _TTL).subquery()
-_CLAIM = Statement(
-    select(func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("lock_name"), 0)).label("free"), _live)
-    .select_from(select(literal(1)).subquery())
-    .outerjoin(_live, true())
-)
-# One round trip: store this answer (replacing an expired one only; RETURNING nothing means a live
-# answer exists) and forget a few other expired keys.
+# Named apart from any column a resource's create may bind.
+_THIS_KEY = tuple_(bindparam("idempotency_principal", type_=Text), bindparam("idempotency_key", type_=Text))
 _expired = select(_TABLE.c.principal, _TABLE.c.key).where(
     _TABLE.c.created_at < func.now() - _TTL, _KEY_COLUMNS != _THIS_KEY
 )
-_forget = delete(_TABLE).where(_KEY_COLUMNS.in_(_expired.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery()))
-_STORE = Statement(
-    insert(_TABLE)
-    .values({name: bindparam(name) for name in ("principal", "key", *_ANSWER)})
-    .on_conflict_do_update(
-        index_elements=["principal", "key"],
-        set_={name: bindparam(name) for name in _ANSWER} | {"created_at": func.now()},
-        where=_TABLE.c.created_at <= func.now() - _TTL,
+_FORGET = delete(_TABLE).where(_KEY_COLUMNS.in_(_expired.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery()))
+_ANSWER = ("fingerprint", "status", "body", "location", "etag", "resource")
+
+
+@cache
+def _remembering(create: Insert) -> Statement:
+    """`create` (an INSERT ... RETURNING of one row) and its key in one statement: the key's row
+    is made from the created row, and a live key aborts the statement (`idempotency_key_live()`);
+    an expired one is replaced. A few other expired keys go too."""
+    created = create.cte("created")
+    row: Any = literal_column("created")  # the whole row, for to_jsonb
+    tag = func.concat('"', func.replace(cast(created.c.id, Text), "-", ""), ".", created.c.version, '"')
+    answer = select(
+        bindparam("idempotency_principal", type_=Text),
+        bindparam("idempotency_key", type_=Text),
+        bindparam("idempotency_fingerprint", type_=Text),
+        literal(201),
+        cast(func.to_jsonb(row), Text),
+        func.concat(bindparam("idempotency_location", type_=Text), created.c.id),
+        tag,  # as resources.entity_tag: read by a release rolled back to, which replays these columns
+        func.to_jsonb(row),
+    ).select_from(created)
+    live = _TABLE.c.created_at > func.now() - _TTL
+    store = (
+        insert(_TABLE)
+        .from_select(["principal", "key", *_ANSWER], answer)
+        .on_conflict_do_update(
+            index_elements=["principal", "key"],
+            set_={name: getattr(insert(_TABLE).excluded, name) for name in _ANSWER} | {"created_at": func.now()},
+            where=case((live, func.idempotency_key_live()), else_=true()),
+        )
     )
-    .returning(_TABLE.c.key)
-    .add_cte(_forget.cte("forgotten"))
-)
+    return Statement(select(created).add_cte(store.cte("stored")).add_cte(_FORGET.cte("forgotten")))
 
 
-def _in_progress() -> Conflict:
-    """A new exception each time: one raised again keeps every earlier raise's frames alive."""
-    return Conflict("a request with this Idempotency-Key is still in progress; retry later")
+@cache
+def _stored(table: Any) -> Statement:
+    """The key's stored answer, with the created row's columns typed as `table`'s (NULL for keys
+    an earlier release stored)."""
+    populated = func.jsonb_populate_record(literal_column(f"NULL::{table.name}"), _TABLE.c.resource)
+    return Statement(
+        select(*(_TABLE.c[name] for name in _ANSWER if name != "resource"), populated.label("row")).where(
+            _KEY_COLUMNS == _THIS_KEY
+        )
+    )
+
+
+class AnswerStored(Exception):
+    """The key already has an answer: `response` replays it."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("replayed")
+        self.response = response
 
 
 class Idempotency:
-    """A POST's `Idempotency-Key`, if it sent one: `replay` the first answer, or `remember` this one."""
+    """A POST's `Idempotency-Key`, if it sent one: its create stores the answer, or replays it."""
 
     def __init__(self, *, principal: str, key: str | None, fingerprint: str) -> None:
         self.principal = principal
         self.key = key
         self.fingerprint = fingerprint
+        self.location_prefix = ""
 
-    async def replay(self, connection: asyncpg.Connection) -> Response | None:
-        """The first response to this key, or None when this request is the first (and now holds it)."""
-        if self.key is None:
-            return None
-        record = await _CLAIM.fetchrow(
-            connection, lock_name=f"{self.principal}\n{self.key}", principal=self.principal, key=self.key
-        )
-        assert record is not None  # one row, whatever the join finds
-        if not record["free"]:
-            raise _in_progress()
-        if record["key"] is None:
-            return None
-        if record["fingerprint"] != self.fingerprint:
+    def locating(self, location_prefix: str) -> "Idempotency":
+        """Where the created resource will be: `location_prefix` + its id (its Location header)."""
+        self.location_prefix = location_prefix
+        return self
+
+    async def create(self, connection: asyncpg.Connection, table: Any, create: Insert, values: dict[str, Any]) -> Row:
+        """Run `create` and store its answer under this key, in one statement; `AnswerStored` when
+        the key already has one (also when the create broke a constraint only because a repeat
+        had done it first: a unique name, say)."""
+        keyed = {"idempotency_principal": self.principal, "idempotency_key": self.key}
+        try:
+            created: Row | None = await _remembering(create).fetchrow(
+                connection,
+                **values,
+                **keyed,
+                idempotency_fingerprint=self.fingerprint,
+                idempotency_location=self.location_prefix,
+            )
+        except asyncpg.PostgresError as error:
+            is_live = error.sqlstate == KEY_LIVE_SQLSTATE
+            if not is_live and not isinstance(error, asyncpg.IntegrityConstraintViolationError):
+                raise
+            stored = await _stored(table).fetchrow(connection, **keyed)
+            if stored is None:  # a constraint this request broke on its own: the caller maps it
+                raise
+            raise AnswerStored(self._replay(stored)) from None
+        assert created is not None  # one row, or an error
+        return created
+
+    def _replay(self, stored: Row) -> Response:
+        if stored["fingerprint"] != self.fingerprint:
             error = {"loc": ["header", "idempotency-key"], "msg": "already used for another request", "type": "reused"}
             raise InvalidRequest("this Idempotency-Key was used with a different request", errors=[error])
-        headers = {"Location": record["location"], "ETag": record["etag"], "Idempotent-Replayed": "true"}
-        return Response(record["body"], status_code=record["status"], headers=headers, media_type="application/json")
-
-    async def remember(self, connection: asyncpg.Connection, response: Response) -> None:
-        """Store `response` for replays, in the caller's transaction (so only if its write commits)."""
-        if self.key is None:
-            return
-        stored = await _STORE.fetchval(
-            connection,
-            principal=self.principal,
-            key=self.key,
-            fingerprint=self.fingerprint,
-            status=response.status_code,
-            body=bytes(response.body).decode(),
-            location=response.headers["Location"],
-            etag=response.headers["ETag"],
-        )
-        if stored is None:  # a repeat got its answer stored first: undo this write, the retry replays
-            raise _in_progress()
+        if stored["row"] is None or stored["row"]["id"] is None:  # stored by an earlier release: as it is
+            headers = {"Location": stored["location"], "ETag": stored["etag"]}
+            response = Response(stored["body"], status_code=stored["status"], headers=headers)
+            response.headers["Content-Type"] = "application/json"
+        else:
+            response = resource_response(stored["row"], status_code=stored["status"], location=stored["location"])
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
 
 
 async def _fingerprint(request: Request) -> str:

@@ -55,7 +55,19 @@ _INSERT_TASK = sqlalchemy.text(
     "INSERT INTO tasks (project_id, title, description, status, priority, due_date) "
     f"VALUES (:project_id, :title, :description, :status, :priority, :due_date) RETURNING {_COLUMNS}"
 )
+# PATCH, to the peers' one spec: the fields sent, the version bumped, only while the version is the
+# one If-Match names; no row back means 412.
+_PATCHABLE = ("title", "description", "status", "priority", "due_date")
 _DEFAULT_LIMIT, _MAX_LIMIT = 20, 100
+
+
+def _if_match_version(header: str | None, task_id: uuid.UUID) -> int | None:
+    """`"<id hex>.<version>"`, as the service's ETag; None for anything else."""
+    prefix = f'"{task_id.hex}.'
+    if header is None or not header.startswith(prefix) or not header.endswith('"'):
+        return None
+    version = header[len(prefix) : -1]
+    return int(version) if version.isdigit() and len(version) <= 9 else None
 
 
 def _row_to_dict(row: sqlalchemy.Row) -> dict:
@@ -150,14 +162,40 @@ def create_task(project_id: uuid.UUID, request: flask.Request) -> tuple[dict, in
     return response
 
 
+def patch_task(task_id: uuid.UUID, request: flask.Request) -> tuple[dict, int] | flask.Response:
+    body = request.get_json(silent=True, force=True)
+    if not isinstance(body, dict) or not body or set(body) - set(_PATCHABLE):
+        return {"detail": "a JSON merge patch of the task's fields is required"}, 422
+    version = _if_match_version(request.headers.get("If-Match"), task_id)
+    if version is None:
+        return {"detail": "If-Match with the task's ETag is required"}, 428
+    assignments = ", ".join(f"{name} = :{name}" for name in body)
+    statement = sqlalchemy.text(
+        f"UPDATE tasks SET {assignments}, version = version + 1, updated_at = now() "
+        f"WHERE id = :id AND version = :version RETURNING {_COLUMNS}"
+    )
+    try:
+        with db.begin() as conn:
+            row = conn.execute(statement, {**body, "id": task_id, "version": version}).first()
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.DataError):
+        return {"detail": "a field is out of range or has the wrong type"}, 422
+    if row is None:
+        return {"detail": "If-Match does not match the current ETag"}, 412
+    response = flask.jsonify(_row_to_dict(row))
+    response.headers["ETag"] = f'"{row.id.hex}.{row.version}"'
+    return response
+
+
 @functions_framework.http
 def tasks(request: flask.Request) -> tuple[dict, int] | flask.Response:
     """Routes on the path and method, as a single Cloud Function does."""
     parts = request.path.strip("/").split("/")
     # /v1/tasks/{id}
-    if len(parts) == 3 and parts[:2] == ["v1", "tasks"] and request.method == "GET":
+    if len(parts) == 3 and parts[:2] == ["v1", "tasks"] and request.method in ("GET", "PATCH"):
         task_id = _uuid_or_none(parts[2])
-        return get_task(task_id) if task_id else _not_found("task")
+        if task_id is None:
+            return _not_found("task")
+        return get_task(task_id) if request.method == "GET" else patch_task(task_id, request)
     # /v1/projects/{id}/tasks
     if len(parts) == 4 and parts[:2] == ["v1", "projects"] and parts[3] == "tasks":
         project_id = _uuid_or_none(parts[2])

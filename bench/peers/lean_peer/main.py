@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import asyncpg
 import functions_framework.aio
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Query, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
 from pydantic import StringConstraints
-from sqlalchemy import FetchedValue, SmallInteger, String, bindparam, exists, insert, select, tuple_
+from sqlalchemy import FetchedValue, SmallInteger, String, bindparam, exists, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -75,6 +75,18 @@ class Task(SQLModel, table=True):
     updated_by: str | None = None
 
 
+class TaskUpdate(SQLModel):
+    """A JSON merge patch of the task's fields (the ones sent are set)."""
+
+    model_config = {"extra": "forbid"}
+
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = None
+    description: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    status: TaskStatus | None = None
+    priority: int | None = Field(default=None, ge=0, le=3)
+    due_date: date | None = None
+
+
 class TaskCreate(SQLModel):
     """The request body, validated by FastAPI (a plain model: no table, no ORM state)."""
 
@@ -112,6 +124,12 @@ FIRST_PAGE = Statement(_PAGE.limit(bindparam("limit")))
 LATER_PAGE = Statement(_PAGE.where(_AFTER).limit(bindparam("limit")))
 PROJECT_EXISTS = Statement(select(exists().where(projects_table.c.id == bindparam("project_id"))))
 INSERT_TASK = insert(tasks_table).returning(*tasks_table.c)  # run through SQLAlchemy: values vary per body
+# PATCH, to the peers' one spec: the fields sent, the version bumped, only while the version is the
+# one If-Match names (UPDATE ... WHERE id = $1 AND version = $2 ... RETURNING); no row means 412.
+# The WHERE's parameters must not be named as a column: in an UPDATE, SQLAlchemy reserves those
+# names for the SET clause and refuses to compile the statement ("bindparam() name 'id' is reserved").
+_MATCHED = (tasks_table.c.id == bindparam("task_id"), tasks_table.c.version == bindparam("expected_version"))
+UPDATE_TASK = update(tasks_table).where(*_MATCHED).returning(*tasks_table.c)
 
 # ---- the pool: SQLAlchemy's async engine; created at import, it connects on first use in the worker
 
@@ -207,6 +225,25 @@ async def create_task(project_id: uuid.UUID, body: TaskCreate) -> Response:
             raise HTTPException(404, "project not found") from None
         raise
     return json_response(dict(row), 201, {"Location": f"/v1/tasks/{row['id']}"})
+
+
+@app.patch("/v1/tasks/{task_id}")
+async def patch_task(
+    task_id: uuid.UUID, body: TaskUpdate, if_match: Annotated[str | None, Header()] = None
+) -> Response:
+    prefix = f'"{task_id.hex}.'
+    version = if_match[len(prefix) : -1] if if_match and if_match.startswith(prefix) and if_match.endswith('"') else ""
+    if not version.isdigit() or len(version) > 9:
+        raise HTTPException(428, "If-Match with the task's ETag is required")
+    changes = body.model_dump(exclude_unset=True) | {"version": tasks_table.c.version + 1, "updated_at": func.now()}
+    async with engine.begin() as connection:  # one transaction, committed on leaving the block
+        result = await connection.execute(
+            UPDATE_TASK.values(changes), {"task_id": task_id, "expected_version": int(version)}
+        )
+        row = result.mappings().first()
+    if row is None:
+        raise HTTPException(412, "If-Match does not match the current ETag")
+    return json_response(dict(row), 200, {"ETag": f'"{row["id"].hex}.{row["version"]}"'})
 
 
 # ---- served by functions-framework: the function hands the raw ASGI call to the app (the same few
