@@ -29,7 +29,7 @@ from app.core.db.pagination import Keyset, Page, PageDep
 from app.core.db.statements import Statement
 from app.core.models import Audited, AuditedPublic, InputSchema
 from app.core.settings import Settings
-from app.core.web.idempotency import IdempotencyDep
+from app.core.web.idempotency import AnswerStored, IdempotencyDep
 from app.core.web.resources import RenderedJSON, conditional_response, resource_response
 from tests.helpers import asgi_client, libpq_url, run_alembic, unique
 
@@ -72,13 +72,14 @@ router = APIRouter(prefix="/v1/notes")
 
 @router.post("", status_code=201, response_model=NotePublic)
 async def create_note(body: NoteCreate, idempotency: IdempotencyDep, request: Request) -> Response:
-    async with database_of(request).transaction() as connection:
-        if replay := await idempotency.replay(connection):
-            return replay
-        note = await crud.create(connection, Note, body.model_dump(), principal=None)
-        response = resource_response(note, status_code=201, location=f"/v1/notes/{note['id']}")
-        await idempotency.remember(connection, response)
-    return response
+    async with database_of(request).connection() as connection:
+        try:
+            note = await crud.create(
+                connection, Note, body.model_dump(), principal=None, idempotency=idempotency.locating("/v1/notes/")
+            )
+        except AnswerStored as stored:
+            return stored.response
+    return resource_response(note, status_code=201, location=f"/v1/notes/{note['id']}")
 
 
 @router.get("", response_model=Page[NotePublic])

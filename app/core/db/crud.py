@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import Integer, bindparam, func
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.core.db.statements import Row, Statement
+from app.core.db.statements import Row, Statement, python_side
 from app.core.errors import PreconditionFailed, not_found
 from app.core.models import Audited
 from app.core.observability.audit import audit
@@ -31,6 +31,26 @@ def _table(model: type[Audited]) -> Any:
 def _insert_returning(model: type[Audited], columns: tuple[str, ...]) -> sa.Insert:
     values: dict[str, Any] = {column: bindparam(column) for column in columns}
     return sa.insert(_table(model)).values(values).returning(*_table(model).c)
+
+
+@cache
+def _python_defaults(model: type[Audited]) -> tuple[tuple[str, bool, Any], ...]:
+    """The table's Python-side defaults (`Field(default=...)`, `default_factory`) as (column, called,
+    value or function). An insert sends them as values of its own: the keyed create runs its INSERT
+    inside a CTE, where SQLAlchemy computes no Python-side default."""
+    defaults = []
+    for column in _table(model).columns:
+        default = column.default
+        if default is not None and (default.is_scalar or default.is_callable):
+            defaults.append((column.key, bool(default.is_callable), python_side(column, default)))
+    return tuple(defaults)
+
+
+def _with_python_defaults(model: type[Audited], values: dict[str, Any]) -> dict[str, Any]:
+    for name, called, default in _python_defaults(model):
+        if name not in values:
+            values[name] = default() if called else default
+    return values
 
 
 @cache
@@ -76,7 +96,7 @@ async def create(
 ) -> Row:
     """One INSERT ... RETURNING: the database fills id, timestamps and version. With an
     Idempotency-Key, the same statement stores the answer (`AnswerStored` when the key has one)."""
-    values = values | {"created_by": principal, "updated_by": principal}
+    values = _with_python_defaults(model, values | {"created_by": principal, "updated_by": principal})
     columns = tuple(values)
     created: Row | None
     if idempotency is not None and idempotency.key is not None:

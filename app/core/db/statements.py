@@ -30,7 +30,7 @@ class UnsupportedDefault(TypeError):
     """A Python-side column default or onupdate that needs SQLAlchemy's execution context."""
 
 
-def _python_side(column: Column[Any], default: Any) -> Callable[[], Any] | Any:
+def python_side(column: Column[Any], default: Any) -> Callable[[], Any] | Any:
     """A column's Python-side default or onupdate: the constant, or a function called per execution."""
     if isinstance(default, ScalarElementColumnDefault):
         return default.arg
@@ -68,7 +68,7 @@ class Statement:
             *((column, column.default) for column in compiled.insert_prefetch),
             *((column, column.onupdate) for column in compiled.update_prefetch),
         ]:
-            value = _python_side(column, default)
+            value = python_side(column, default)
             if isinstance(default, CallableColumnDefault):
                 self._computed[column.key] = value
                 self._fixed.pop(column.key, None)
@@ -99,4 +99,4 @@ def check_python_defaults(metadata: MetaData) -> None:
         for column in table.columns:
             for default in (column.default, column.onupdate):
                 if default is not None and (default.is_scalar or default.is_callable):
-                    _python_side(column, default)
+                    python_side(column, default)
