@@ -224,13 +224,12 @@ async def test_a_router_outside_v1_needs_a_verified_caller(extended: FastAPI, is
 async def test_an_unknown_path_or_a_wrong_method_is_401_without_a_token(extended: FastAPI, issuer: Issuer) -> None:
     """No route discovery: without a token nothing says which paths exist or which methods they take."""
     unknown = ["/", "/nowhere", "/v1/nowhere", "/v2", "/v2/reports/r1/x", "/admin", "/healthz/", "/docs/x"]
-    wrong_method = [
-        ("PUT", "/v1/projects"),
-        ("DELETE", "/v2/reports"),
+    wrong_method = [("PUT", "/v1/projects"), ("DELETE", "/v2/reports")]
+    # A public path is no secret: a method it does not take is its 405, with `Allow`, token or not.
+    public_path_wrong_method = [
         ("POST", "/healthz"),
         ("DELETE", "/docs"),
         ("PATCH", "/openapi.json"),
-        ("POST", "/status/banner"),
         ("OPTIONS", "/readyz"),
     ]
     async with await _client_for(extended) as http:
@@ -242,6 +241,10 @@ async def test_an_unknown_path_or_a_wrong_method_is_401_without_a_token(extended
             response = await http.request(method, path)
             assert_problem(response, 401)
             assert "allow" not in response.headers, (method, path)
+        for method, path in public_path_wrong_method:
+            response = await http.request(method, path)
+            assert_problem(response, 405)
+            assert "GET" in response.headers["allow"], (method, path)
         token = bearer(issuer.token())
         assert_problem(await http.get("/nowhere", headers=token), 404)  # a verified caller learns what it is
         assert_problem(await http.delete("/v2/reports", headers=token), 405)

@@ -4,7 +4,8 @@ Deny by default: with authentication on, every request needs a verified caller u
 is for is public, whatever its path or method, routed or not. The check comes before routing, so a
 refused call reads no body, writes nothing and learns nothing of which paths exist: 401 with
 `WWW-Authenticate: Bearer` for a missing or invalid token, 403 for a verified caller outside
-AUTH_ALLOWED_PRINCIPALS. Public are FastAPI's docs (`/docs`, `/redoc`, their OAuth redirect and
+AUTH_ALLOWED_PRINCIPALS. A public path answers a method it does not take with its 405, token or
+not: the path is no secret. Public are FastAPI's docs (`/docs`, `/redoc`, their OAuth redirect and
 `/openapi.json`) and the routes declared with `dependencies=[Public]`, on the route, its router or
 `include_router` (app/api.py declares the health checks so).
 """
@@ -44,14 +45,20 @@ def _docs_paths(app: FastAPI) -> set[str]:
 
 def routes_to_public(app: FastAPI, scope: Scope) -> bool:
     """Whether the route the app's router would pick for this request (the first that matches it fully,
-    ROOT_PATH handled as routing handles it) is public. A path or method nothing serves is not."""
+    ROOT_PATH handled as routing handles it) is public. A path nothing serves is not; a method a public
+    path does not take goes on to its 405 (the path is no secret), any other path's to a 401."""
+    public_path = False
     for route in iter_route_contexts(app.routes):
         match, _ = route.matches(scope)
         if match is Match.FULL:
             if isinstance(route.original_route, APIRoute):
                 return is_public(route)
             return route.path in _docs_paths(app)  # FastAPI's own doc routes; any other is protected
-    return False
+        if match is Match.PARTIAL:
+            public_path = public_path or (
+                is_public(route) if isinstance(route.original_route, APIRoute) else route.path in _docs_paths(app)
+            )
+    return public_path
 
 
 def is_allowed(principal: str, patterns: tuple[str, ...]) -> bool:
