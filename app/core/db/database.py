@@ -61,7 +61,7 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection in autocommit: each statement is its own transaction (reads)."""
-        pool = await self.pool()
+        pool = await self._pool()
         try:
             connection = await pool.acquire()
         except Exception as error:  # every connection is busy, or a new one failed
@@ -85,6 +85,16 @@ class Database:
             with audited_transaction():
                 async with connection.transaction():
                     yield connection
+
+    async def _pool(self) -> Pool:
+        try:
+            return await self.pool()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request itself is cancelled
+            # dispose() cancelled the open this request waited for
+            raise DatabaseUnavailable("the connection pool was closed while it opened") from None
 
     async def engine(self) -> AsyncEngine:
         """A SQLAlchemy engine that opens a connection per use (Alembic), with the pool's settings."""
@@ -113,11 +123,13 @@ class Database:
                     pool.release(connection, discard=True)
                     raise
             pool.release(connection)
-        except Exception as error:
-            reason = describe(error, self._cloud_sql)
-            logger.error("cannot connect to %s: %s", self.target, reason)
+        except BaseException as error:  # also cancelled, by dispose(): the pool goes with what it opened
             if pool is not None:
                 await pool.close()
+            if not isinstance(error, Exception):
+                raise
+            reason = describe(error, self._cloud_sql)
+            logger.error("cannot connect to %s: %s", self.target, reason)
             raise DatabaseUnavailable(reason) from error
         logger.info("connected to %s (database user %s)", self.target, user)
         return pool
@@ -152,11 +164,14 @@ class Database:
         return _with_retries(connect)
 
     async def dispose(self) -> None:
-        """Close the pool, then the connector (which the pool's connections came through)."""
-        opened = self.pool.result()
-        self.pool.reset()  # the next request starts over, with a new pool
-        if opened is not None:
-            await opened.close()
+        """Close the pool, then the connector (which the pool's connections came through). A pool
+        still being opened is cancelled, and closes what it opened."""
+        attempt = self.pool.forget()  # the next request starts over, with a new pool
+        if attempt is not None:
+            attempt.cancel()  # no effect on a finished open
+            await asyncio.wait([attempt])
+            if not attempt.cancelled() and attempt.exception() is None:
+                await attempt.result().close()
         if self._connector is not None:
             await self._connector.close_async()
             self._connector = None

@@ -10,7 +10,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.core.db.pool import PoolTimeout
+from app.core.db.pool import PoolClosed, PoolTimeout
 from app.core.errors import Conflict, ServiceUnavailable, response_for
 from app.core.models import Audited
 from app.core.observability.logs import URL_LIMIT, clip
@@ -63,6 +63,7 @@ _LOST = "the database connection was lost"
 _UNAVAILABLE: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str | None, bool]] = [
     (asyncpg.DataError, None, False),  # a value asyncpg cannot send: a bug (500), the connection is fine
     (PoolTimeout, "every database connection is busy", False),
+    (PoolClosed, "its connections are being closed (the instance is shutting down)", False),
     (asyncpg.QueryCanceledError, "the query took longer than the statement timeout", False),
     (
         (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError),

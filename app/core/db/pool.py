@@ -32,6 +32,10 @@ class PoolTimeout(Exception):
     """No connection became free within the pool timeout."""
 
 
+class PoolClosed(Exception):
+    """The pool is closed: it hands out no connection, to those waiting either."""
+
+
 class Pool:
     def __init__(
         self,
@@ -64,6 +68,8 @@ class Pool:
     async def acquire(self) -> asyncpg.Connection:
         deadline = time.monotonic() + self._timeout_s
         while True:
+            if self._closed:
+                raise PoolClosed("the connection pool is closed")
             self._close_expired()
             if self._idle:
                 connection, idle_since = self._idle.pop()
@@ -72,6 +78,9 @@ class Pool:
                 continue
             if self.size < self._max_size and time.monotonic() >= self._refused_until:
                 opened = await self._open()
+                if opened is not None and self._closed:  # closed while this one was being opened
+                    self.release(opened, discard=True)
+                    continue
                 if opened is not None:
                     return opened
             if self.size:  # one of ours will come back, or is being opened
@@ -100,8 +109,11 @@ class Pool:
             self._idle.append((connection, time.monotonic()))
 
     async def close(self) -> None:
-        """Close the idle connections now, and the others as they come back."""
+        """Close the idle connections now, and the others as they come back; those waiting for one
+        are told at once (PoolClosed) rather than left to their timeout."""
         self._closed = True
+        while self._hand_over(None):
+            pass
         while self._idle:
             self._close(self._idle.pop()[0])
         await asyncio.gather(*self._closing, return_exceptions=True)
