@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.core.db.database import Database
-from app.core.db.failures import install_database_handlers
 from app.core.errors import install_problem_handlers
 from app.core.identity.auth import AuthenticationMiddleware, build_verifier
 from app.core.observability.logs import configure_logging
@@ -69,7 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = Database(settings)
     install_problem_handlers(app)
-    install_database_handlers(app)
     # Middleware runs in the reverse order of adding: request context (head limits, HEAD, access log),
     # then CORS (before authentication: preflights carry no token), authentication, body limits.
     app.add_middleware(BodyLimitMiddleware)

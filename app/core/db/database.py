@@ -24,7 +24,13 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.core.db.failures import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
+from app.core.db.failures import (
+    TRANSIENT_CONNECT_ERRORS,
+    DatabaseUnavailable,
+    breaks_the_connection,
+    describe,
+    failure_of,
+)
 from app.core.db.pool import Pool
 from app.core.observability.audit import audited_transaction
 from app.core.once import Once
@@ -60,7 +66,11 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in autocommit: each statement is its own transaction (reads)."""
+        """A pooled connection in autocommit: each statement is its own transaction (reads).
+
+        What the database raises in the block is mapped here (`failures.failure_of`): 503 when it
+        cannot serve, 409 for a unique, check or exclusion violation, a logged 500 for a not-null
+        or foreign-key one; an error of other code in the block goes up as it is."""
         pool = await self._pool()
         try:
             connection = await pool.acquire()
@@ -74,6 +84,10 @@ class Database:
             # Never hand a broken connection to the next request, nor one whose statement was
             # cancelled midway (a timeout or shutdown cancels the task, not the statement).
             pool.release(connection, discard=not isinstance(error, Exception) or breaks_the_connection(error))
+            if isinstance(error, Exception) and (failure := failure_of(error, connection)) is not None:
+                if isinstance(failure, DatabaseUnavailable):
+                    logger.warning("database unavailable: %s", failure.detail)
+                raise failure from error
             raise
         pool.release(connection)
 
