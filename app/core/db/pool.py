@@ -65,6 +65,11 @@ class Pool:
         """Connections open or being opened."""
         return len(self._born) + self._opening
 
+    def idle_connections(self) -> list[asyncpg.Connection]:
+        """The connections waiting in the pool now (the suite checks that no request left session
+        state on them)."""
+        return [connection for connection, _ in self._idle]
+
     async def acquire(self) -> asyncpg.Connection:
         deadline = time.monotonic() + self._timeout_s
         while True:
