@@ -334,6 +334,17 @@ async def test_closing_a_pool_wakes_its_waiters_at_once(connect: Callable) -> No
     assert pool.size == 0
 
 
+async def test_closing_a_refused_pool_wakes_those_sleeping_out_the_backoff(capped: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(await capped(0), timeout_s=10)  # the server refuses every connection
+    asking = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.2)  # refused once; now in the backoff of about a second
+    started = time.monotonic()
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await asking
+    assert time.monotonic() - started < 0.2
+
+
 async def test_disposing_during_the_first_open_leaks_no_connection(database_url: str) -> None:
     """The first request is still opening the pool when the app shuts down: the pool being opened
     must not survive, with its connections, nor the request wait for it."""

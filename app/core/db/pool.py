@@ -62,6 +62,7 @@ class Pool:
         self._refusal: asyncpg.TooManyConnectionsError | None = None  # the server's last "too many"
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closed_event = asyncio.Event()  # set by close(): wakes those sleeping out a refusal
 
     @property
     def size(self) -> int:
@@ -120,6 +121,7 @@ class Pool:
         """Close the idle connections now, and the others as they come back; those waiting for one
         are told at once (PoolClosed) rather than left to their timeout."""
         self._closed = True
+        self._closed_event.set()
         while self._hand_over(None):
             pass
         while self._idle:
@@ -146,8 +148,10 @@ class Pool:
 
     async def _sleep_until_retry(self, deadline: float) -> None:
         """Sleep out the refusal backoff; at the deadline, the server's refusal is the answer."""
-        await asyncio.sleep(max(0.0, min(self._refused_until, deadline) - time.monotonic()))
-        if time.monotonic() >= deadline:
+        with contextlib.suppress(TimeoutError):  # close() ends the sleep early
+            async with asyncio.timeout(max(0.0, min(self._refused_until, deadline) - time.monotonic())):
+                await self._closed_event.wait()
+        if time.monotonic() >= deadline and not self._closed:
             raise self._refusal or PoolTimeout(f"no database connection in {self._timeout_s:g} s")
 
     async def _wait(self, deadline: float) -> asyncpg.Connection | None:
