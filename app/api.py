@@ -8,7 +8,6 @@ from fastapi import FastAPI
 from sqlmodel import SQLModel
 
 from app.core.db.database import Database
-from app.core.db.failures import install_database_handlers
 from app.core.db.statements import check_python_defaults
 from app.core.errors import install_problem_handlers
 from app.core.identity.auth import AuthenticationMiddleware, Public, build_verifier
@@ -74,7 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = Database(settings)
     install_problem_handlers(app)
-    install_database_handlers(app)
     # Middleware runs in the reverse order of adding: request context (head limits, HEAD, access log),
     # then CORS (before authentication: preflights carry no token), authentication, body limits, and
     # innermost the route's response model as the filter of the rows it renders.

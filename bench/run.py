@@ -135,13 +135,32 @@ class Server:
     patches: bool = True  # answers PATCH with If-Match (the full-stack and asyncpg peers do not)
 
 
+# BENCH_POOL=asyncpg: the service (both rows) on asyncpg's own pool instead of app/core/db/pool.py,
+# the pool's A/B (bench/asyncpg_pool.py); everything else is the same service.
+def service_source() -> str:
+    """What the service's servers serve: main.py, or with BENCH_POOL=asyncpg bench/asyncpg_pool.py."""
+    sources = {"": "main.py", "asyncpg": "bench/asyncpg_pool.py"}
+    pool = os.environ.get("BENCH_POOL", "")
+    if pool not in sources:
+        raise SystemExit(f"bench: BENCH_POOL={pool!r}: leave it empty (this service's pool) or set asyncpg")
+    return sources[pool]
+
+
+SERVICE_SOURCE = service_source()
+ON_POOL = ", on asyncpg's pool" if SERVICE_SOURCE != "main.py" else ""
+
 SERVERS = (
-    Server("service", "this service, as deployed (JSON logs, ETags, audit, idempotency), auth off", "api", "main.py"),
+    Server(
+        "service",
+        f"this service, as deployed (JSON logs, ETags, audit, idempotency), auth off{ON_POOL}",
+        "api",
+        SERVICE_SOURCE,
+    ),
     Server(
         "service_auth",
-        "this service, as above, AUTH_MODE=google (signing keys cached)",
+        f"this service, as above, AUTH_MODE=google (signing keys cached){ON_POOL}",
         "api",
-        "main.py",
+        SERVICE_SOURCE,
         authenticated=True,
         cold_starts=False,
     ),
@@ -1110,6 +1129,7 @@ def main() -> int:
                 "cold_starts": COLD_STARTS,
                 "import_samples": IMPORT_SAMPLES,
                 "pool_size": POOL_SIZE,
+                "service_source": SERVICE_SOURCE,
                 "server_cpu": pinning.server_cpu,
                 "load_cpu": pinning.load_cpu,
                 "servers": {server.key: server.label for server in servers},

@@ -16,6 +16,7 @@ bench/results/scale.json. Everything listens on 127.0.0.1 and stops on the way o
 
     make scale
     SCALE_INSTANCES=3 SCALE_TWICE_S=20 DB_POOL_IDLE_S=30 make scale   # other shapes or settings
+    BENCH_POOL=asyncpg make scale   # the instances on asyncpg's own pool (bench/asyncpg_pool.py)
 """
 
 import asyncio
@@ -28,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.run import service_source  # noqa: E402
 from tests.many_instances import cluster  # noqa: E402
 
 INSTANCES = int(os.environ.get("SCALE_INSTANCES", "5"))
@@ -41,13 +43,14 @@ POOL_SETTINGS = {
 if "DB_POOL_IDLE_S" in os.environ:
     POOL_SETTINGS["DB_POOL_IDLE_S"] = os.environ["DB_POOL_IDLE_S"]
 RESERVED, SAMPLER = 3, 1
+SOURCE = service_source()  # BENCH_POOL=asyncpg: the instances on asyncpg's own pool
 
 
 def main() -> int:
     per_instance = int(POOL_SETTINGS["DB_POOL_SIZE"]) + int(POOL_SETTINGS["DB_MAX_OVERFLOW"])
     started = time.monotonic()
-    with cluster(INSTANCES * per_instance + RESERVED + SAMPLER, **POOL_SETTINGS) as instances:
-        print(f"scale: {instances.slots} slots for the role, instances with {POOL_SETTINGS}", flush=True)
+    with cluster(INSTANCES * per_instance + RESERVED + SAMPLER, SOURCE, **POOL_SETTINGS) as instances:
+        print(f"scale: {instances.slots} slots for the role, instances of {SOURCE} with {POOL_SETTINGS}", flush=True)
         instances.add_instances(2 * INSTANCES)
         everyone = instances.servers
         instances.servers = everyone[:INSTANCES]
@@ -80,7 +83,8 @@ def main() -> int:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     report = {
-        "settings": POOL_SETTINGS | {"instances": INSTANCES, "in_flight": IN_FLIGHT, "slots": INSTANCES * per_instance},
+        "settings": POOL_SETTINGS
+        | {"source": SOURCE, "instances": INSTANCES, "in_flight": IN_FLIGHT, "slots": INSTANCES * per_instance},
         "phases": [
             {
                 "name": phase.name,

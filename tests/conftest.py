@@ -23,6 +23,7 @@ from app.api import create_app
 from app.core.settings import Settings
 from tests.function_server import FunctionServer, serve_function
 from tests.helpers import ROOT, admin, asgi_client, run_alembic, unique, with_database
+from tests.session_state import assert_no_session_state
 
 if TYPE_CHECKING:
     from tests.identity_fakes import Issuer
@@ -82,6 +83,15 @@ async def app(database_url: str) -> AsyncIterator[FastAPI]:
 
     yield application
     await application.state.database.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def _no_session_state_left(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fails the test after which the app's idle pooled connections carry session state (a SET, a
+    session advisory lock, LISTEN, a temporary table, ...): nothing resets them on release."""
+    yield
+    if "app" in request.fixturenames:
+        await assert_no_session_state(request.getfixturevalue("app"))
 
 
 @pytest.fixture(scope="session")

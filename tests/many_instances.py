@@ -79,13 +79,14 @@ class Cluster:
     slots: int  # sessions an ordinary role can have at once (max_connections - reserved - sampler)
     stack: ExitStack
     instance_env: dict[str, str]
+    source: str = "main.py"  # what each instance serves (bench/asyncpg_pool.py for the pool's A/B)
     servers: list[FunctionServer] = field(default_factory=list)
     project_id: str = ""
     task_ids: list[str] = field(default_factory=list)
 
     def add_instances(self, count: int) -> None:
         self.servers += self.stack.enter_context(
-            serve_functions(count, self.url, source="main.py", **self.instance_env)
+            serve_functions(count, self.url, source=self.source, **self.instance_env)
         )
         if not self.project_id:  # through the API, as a client would: one project, a few tasks to read
             api = self.servers[0].base_url
@@ -182,7 +183,7 @@ class Cluster:
 
 
 @contextmanager
-def cluster(max_connections: int, **instance_env: str) -> Iterator[Cluster]:
+def cluster(max_connections: int, source: str = "main.py", **instance_env: str) -> Iterator[Cluster]:
     """A private PostgreSQL with `max_connections`, the schema, one project with a few tasks."""
     with ExitStack() as stack:
         postgres = stack.enter_context(private_postgres("pytest-scale-pg-"))
@@ -193,7 +194,7 @@ def cluster(max_connections: int, **instance_env: str) -> Iterator[Cluster]:
         reserved = asyncio.run(_reserved(postgres.superuser_url))
         slots = max_connections - reserved - SAMPLER_CONNECTIONS
         environment = {"LOG_LEVEL": "WARNING"} | instance_env
-        yield Cluster(postgres, url, slots, stack, environment)
+        yield Cluster(postgres, url, slots, stack, environment, source)
 
 
 async def _create_role(superuser_url: str) -> None:

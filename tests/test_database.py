@@ -11,7 +11,8 @@ import pytest
 
 from app.core.db import pool as pool_module
 from app.core.db.database import Database
-from app.core.db.pool import Pool, PoolTimeout
+from app.core.db.failures import DatabaseUnavailable
+from app.core.db.pool import Pool, PoolClosed, PoolTimeout
 from app.core.settings import Settings
 from tests.helpers import fetchval, libpq_url
 
@@ -310,3 +311,59 @@ async def test_waiters_behind_a_failed_open_fail_at_once() -> None:
     assert all(isinstance(result, OSError) for result in results) and attempts == 3
     assert time.monotonic() - started < 1
     await pool.close()
+
+
+async def test_a_closed_pool_refuses_acquire(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect)
+    pool.release(await pool.acquire())
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await pool.acquire()
+    assert pool.size == 0 and len(connect.opened) == 1  # type: ignore[attr-defined]
+
+
+async def test_closing_a_pool_wakes_its_waiters_at_once(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=1, timeout_s=10)
+    held = await pool.acquire()
+    waiting = [asyncio.ensure_future(pool.acquire()) for _ in range(3)]
+    await asyncio.sleep(0.01)  # all three are queued behind the held connection
+    await pool.close()
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), timeout=1)
+    assert all(isinstance(result, PoolClosed) for result in results)
+    pool.release(held)  # comes back to a closed pool: closed, not kept
+    assert pool.size == 0
+
+
+async def test_closing_a_refused_pool_wakes_those_sleeping_out_the_backoff(capped: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(await capped(0), timeout_s=10)  # the server refuses every connection
+    asking = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0.2)  # refused once; now in the backoff of about a second
+    started = time.monotonic()
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await asking
+    assert time.monotonic() - started < 0.2
+
+
+async def test_disposing_during_the_first_open_leaks_no_connection(database_url: str) -> None:
+    """The first request is still opening the pool when the app shuts down: the pool being opened
+    must not survive, with its connections, nor the request wait for it."""
+    name = f"dispose-{uuid.uuid4().hex[:8]}"
+    database = Database(Settings(database_url=database_url, service_name=name))
+
+    async def first_request() -> None:
+        async with database.connection():
+            pass
+
+    opening = asyncio.ensure_future(first_request())
+    for _ in range(3):  # the open has started: it is connecting
+        await asyncio.sleep(0)
+    await database.dispose()
+    with pytest.raises(DatabaseUnavailable):  # a 503, at once
+        await asyncio.wait_for(opening, timeout=1)
+    await asyncio.sleep(0.2)  # the server notices a closed connection at once; give it a moment
+    query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+    assert await fetchval(database_url, query, name) == 0
+    async with database.connection() as connection:  # and the next use opens a new pool
+        assert await connection.fetchval("SELECT 1") == 1
+    await database.dispose()

@@ -39,3 +39,9 @@ class Once(Generic[T]):
 
     def reset(self) -> None:
         self._attempt = None
+
+    def forget(self) -> "asyncio.Task[T] | None":
+        """The current run, finished or not, handed to the caller (to cancel or clean up after);
+        the next caller starts a new one."""
+        attempt, self._attempt = self._attempt, None
+        return attempt

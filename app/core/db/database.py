@@ -26,7 +26,13 @@ from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app.core.db.failures import TRANSIENT_CONNECT_ERRORS, DatabaseUnavailable, breaks_the_connection, describe
+from app.core.db.failures import (
+    TRANSIENT_CONNECT_ERRORS,
+    DatabaseUnavailable,
+    breaks_the_connection,
+    describe,
+    failure_of,
+)
 from app.core.db.pool import Pool
 from app.core.observability.audit import audited_transaction
 from app.core.observability.logs import current_request
@@ -66,8 +72,15 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection in autocommit: each statement is its own transaction (reads)."""
-        pool = await self.pool()
+        """A pooled connection in autocommit: each statement is its own transaction (reads).
+
+        What the database raises in the block is mapped here (`failures.failure_of`): 503 when it
+        cannot serve, 409 for a unique, check or exclusion violation, a logged 500 for a not-null
+        or foreign-key one; an error of other code in the block goes up as it is.
+
+        The connection goes back as the block left it (no reset, no extra round trip): keep session
+        state in a transaction (`SET LOCAL`, `pg_advisory_xact_lock`, `ON COMMIT DROP`)."""
+        pool = await self._pool()
         try:
             connection = await pool.acquire()
         except Exception as error:  # every connection is busy, or a new one failed
@@ -81,6 +94,10 @@ class Database:
             # Never hand a broken connection to the next request, nor one whose statement was
             # cancelled midway (a timeout or shutdown cancels the task, not the statement).
             pool.release(connection, discard=not isinstance(error, Exception) or breaks_the_connection(error))
+            if isinstance(error, Exception) and (failure := failure_of(error, connection)) is not None:
+                if isinstance(failure, DatabaseUnavailable):
+                    logger.warning("database unavailable: %s", failure.detail)
+                raise failure from error
             raise
         else:
             pool.release(connection)
@@ -95,6 +112,16 @@ class Database:
             with audited_transaction():
                 async with connection.transaction():
                     yield connection
+
+    async def _pool(self) -> Pool:
+        try:
+            return await self.pool()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this request itself is cancelled
+            # dispose() cancelled the open this request waited for
+            raise DatabaseUnavailable("the connection pool was closed while it opened") from None
 
     async def _open_pool(self) -> Pool:
         settings = self._settings
@@ -117,11 +144,13 @@ class Database:
                     pool.release(connection, discard=True)
                     raise
             pool.release(connection)
-        except Exception as error:
-            reason = describe(error, self._cloud_sql)
-            logger.error("cannot connect to %s: %s", self.target, reason)
+        except BaseException as error:  # also cancelled, by dispose(): the pool goes with what it opened
             if pool is not None:
                 await pool.close()
+            if not isinstance(error, Exception):
+                raise
+            reason = describe(error, self._cloud_sql)
+            logger.error("cannot connect to %s: %s", self.target, reason)
             raise DatabaseUnavailable(reason) from error
         logger.info("connected to %s (database user %s)", self.target, user)
         return pool
@@ -156,11 +185,14 @@ class Database:
         return _with_retries(connect)
 
     async def dispose(self) -> None:
-        """Close the pool, then the connector (which the pool's connections came through)."""
-        opened = self.pool.result()
-        self.pool.reset()  # the next request starts over, with a new pool
-        if opened is not None:
-            await opened.close()
+        """Close the pool, then the connector (which the pool's connections came through). A pool
+        still being opened is cancelled, and closes what it opened."""
+        attempt = self.pool.forget()  # the next request starts over, with a new pool
+        if attempt is not None:
+            attempt.cancel()  # no effect on a finished open
+            await asyncio.wait([attempt])
+            if not attempt.cancelled() and attempt.exception() is None:
+                await attempt.result().close()
         if self._connector is not None:
             await self._connector.close_async()
             self._connector = None

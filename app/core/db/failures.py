@@ -1,19 +1,20 @@
-"""What a database error means: a constraint a client broke (4xx), 'unavailable right now' (503
-with Retry-After), or a bug (500)."""
+"""What a failure inside a `Database.connection()` block means: a constraint a client broke (409),
+'unavailable right now' (503 with Retry-After), or a bug (500).
+
+It is decided there, where the database is called, and only for errors that came from the
+database: a socket error or timeout of other code (an HTTP call a handler makes) stays that code's
+own error, a 500, rather than passing for an unreachable database.
+"""
 
 import logging
 from collections.abc import Iterator
 from types import ModuleType
 
 import asyncpg
-import sqlalchemy.exc
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
-from app.core.db.pool import PoolTimeout
-from app.core.errors import Conflict, ServiceUnavailable, response_for
+from app.core.db.pool import PoolClosed, PoolTimeout
+from app.core.errors import Conflict, ProblemError, ServiceUnavailable
 from app.core.models import Audited
-from app.core.observability.logs import URL_LIMIT, clip
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ TRANSIENT_CONNECT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unreachable (ConnectionError is an OSError)
     asyncpg.CannotConnectNowError,  # "the database system is starting up / shutting down"
 )
+# Raised by asyncpg or by the pool only: an error with one of these among its causes came from the database.
+DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, PoolTimeout, PoolClosed)
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -54,7 +57,9 @@ def causes(error: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+        # `raise ... from None` hides the context on purpose: the new error is not about it.
+        context = None if current.__suppress_context__ else current.__context__
+        pending += [getattr(current, "orig", None), current.__cause__, context]
 
 
 # What each failure means for the client (words safe to show) and whether it breaks the connection,
@@ -63,6 +68,7 @@ _LOST = "the database connection was lost"
 _UNAVAILABLE: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str | None, bool]] = [
     (asyncpg.DataError, None, False),  # a value asyncpg cannot send: a bug (500), the connection is fine
     (PoolTimeout, "every database connection is busy", False),
+    (PoolClosed, "its connections are being closed (the instance is shutting down)", False),
     (asyncpg.QueryCanceledError, "the query took longer than the statement timeout", False),
     (
         (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError),
@@ -74,7 +80,7 @@ _UNAVAILABLE: list[tuple[type[BaseException] | tuple[type[BaseException], ...], 
     # because a shutdown's FATAL arrived between two statements (InternalClientError).
     ((asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InternalClientError), _LOST, True),
     (asyncpg.InterfaceError, _LOST, True),
-    (TimeoutError, "connecting timed out", True),
+    (TimeoutError, "the database did not answer in time", True),
     (OSError, "the database server could not be reached", True),
 ]
 
@@ -108,23 +114,62 @@ def describe(error: BaseException, cloud_sql: ModuleType | None) -> str:
     return unavailable_reason(error) or f"connecting failed ({type(error).__name__})"
 
 
-async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
-    reason = unavailable_reason(exc)
-    if reason is None:
-        raise exc  # not an availability problem: a bug, answered with a 500 and logged as such
-    logger.warning("database unavailable on %s %s: %s", request.method, clip(request.url.path, URL_LIMIT), reason)
-    return response_for(request, DatabaseUnavailable(reason))
+class UnexpectedViolation(Exception):
+    """A constraint the service should have made impossible (a not-null or foreign key it did not
+    translate): a bug, answered with a 500 and logged with the constraint."""
 
 
-async def _on_integrity(request: Request, exc: Exception) -> JSONResponse:
-    """A constraint the services did not translate: still the client's conflict, never a 500."""
-    logger.warning("unmapped integrity error: %s", type(exc).__name__)
-    return response_for(request, Conflict("the change conflicts with existing data"))
+# Violations that are the client's: the data it sent clashes with a rule or with other rows.
+_CLIENTS_CONFLICT = {
+    asyncpg.UniqueViolationError: "a row with the same value already exists",
+    asyncpg.ExclusionViolationError: "the change overlaps an existing row",
+    asyncpg.CheckViolationError: "the change breaks a rule of the data",
+}
 
 
-def install_database_handlers(app: FastAPI) -> None:
-    database_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-    for kind in (sqlalchemy.exc.DBAPIError, *database_errors):
-        app.add_exception_handler(kind, _on_database_error)
-    app.add_exception_handler(OSError, _on_database_error)
-    app.add_exception_handler(asyncpg.IntegrityConstraintViolationError, _on_integrity)
+def _violation(error: asyncpg.IntegrityConstraintViolationError) -> Exception:
+    constraint = violated_constraint(error)
+    for kind, meaning in _CLIENTS_CONFLICT.items():
+        if isinstance(error, kind):  # the constraint's name is the schema's, never the data's
+            return Conflict(f"{meaning} (constraint {constraint})")
+    where = ", ".join(
+        f"{label} {value}"
+        for label, value in (
+            ("constraint", constraint),
+            ("table", getattr(error, "table_name", None)),
+            ("column", getattr(error, "column_name", None)),
+        )
+        if value
+    )
+    return UnexpectedViolation(f"{type(error).__name__} the service did not expect: {where}")
+
+
+def _raised_in_asyncpg(error: BaseException) -> bool:
+    """Whether the error passed through asyncpg's code on its way up (a query's own `timeout=`)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if str(frame.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg."):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def failure_of(error: Exception, connection: asyncpg.Connection) -> Exception | None:
+    """What to raise instead of `error`, which ended a block holding `connection`: a 503 when the
+    database cannot serve now, a 409 for a violation that is the client's, an `UnexpectedViolation`
+    (a 500) for one that is a bug; None to let `error` go up as it is (a 500 if nothing handles it).
+
+    Only errors that came from the database are its: an asyncpg or pool error among the causes, or
+    a socket error or timeout that broke the connection or was raised inside asyncpg."""
+    if isinstance(error, ProblemError):
+        return None  # decided already
+    from_database: BaseException | None = next((c for c in causes(error) if isinstance(c, DATABASE_ERRORS)), None)
+    if from_database is None:
+        if not (isinstance(error, OSError) and (connection.is_closed() or _raised_in_asyncpg(error))):
+            return None
+        from_database = error
+    if reason := unavailable_reason(from_database):
+        return DatabaseUnavailable(reason)
+    if isinstance(from_database, asyncpg.IntegrityConstraintViolationError):
+        return _violation(from_database)
+    return None

@@ -1,13 +1,16 @@
 """The connection pool of one instance: asyncpg connections, fair, bounded and sized for Cloud SQL.
 
-Why not SQLAlchemy's QueuePool or asyncpg's Pool, measured on this service under load:
+Why not SQLAlchemy's QueuePool or asyncpg's Pool, each measured as this service's pool
+(docs/benchmarks.md):
 - QueuePool closes an overflow connection as soon as it comes back while `pool_size` others are
   idle, and opens another on the next burst: 30 new connections a second at 16 concurrent requests
   (each one a TLS handshake and an IAM login through the Cloud SQL connector), and it never
   closes idle connections below `pool_size`, however many instances hold theirs.
-- Both queue waiters behind newcomers (a released connection goes to whoever asks next), which is
-  what stretches p99 under load; and both fail a request when the server refuses a new connection
-  for lack of slots (SQLSTATE 53300), even while this instance holds others.
+- asyncpg's Pool, swapped in for an A/B (`BENCH_POOL=asyncpg`, bench/asyncpg_pool.py), costs the
+  same CPU per request; latency was no reason either way. It fails a request whenever the server
+  refuses a new connection for lack of slots (SQLSTATE 53300): at twice the connection budget
+  (`make scale`) about half the requests were 503 and the instances holding no connection served
+  none, where this pool answered under 0.5 % 503.
 
 This pool opens at most `max_size` connections, on demand; hands a released one to the longest
 waiter; reuses the most recently released first, so spare ones sit idle and are closed after
@@ -30,6 +33,10 @@ PING_TIMEOUT_S = 2.0  # a ping unanswered this long means a dead socket (a failo
 
 class PoolTimeout(Exception):
     """No connection became free within the pool timeout."""
+
+
+class PoolClosed(Exception):
+    """The pool is closed: it hands out no connection, to those waiting either."""
 
 
 class Pool:
@@ -55,15 +62,23 @@ class Pool:
         self._refusal: asyncpg.TooManyConnectionsError | None = None  # the server's last "too many"
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closed_event = asyncio.Event()  # set by close(): wakes those sleeping out a refusal
 
     @property
     def size(self) -> int:
         """Connections open or being opened."""
         return len(self._born) + self._opening
 
+    def idle_connections(self) -> list[asyncpg.Connection]:
+        """The connections waiting in the pool now (the suite checks that no request left session
+        state on them)."""
+        return [connection for connection, _ in self._idle]
+
     async def acquire(self) -> asyncpg.Connection:
         deadline = time.monotonic() + self._timeout_s
         while True:
+            if self._closed:
+                raise PoolClosed("the connection pool is closed")
             self._close_expired()
             if self._idle:
                 connection, idle_since = self._idle.pop()
@@ -72,6 +87,9 @@ class Pool:
                 continue
             if self.size < self._max_size and time.monotonic() >= self._refused_until:
                 opened = await self._open()
+                if opened is not None and self._closed:  # closed while this one was being opened
+                    self.release(opened, discard=True)
+                    continue
                 if opened is not None:
                     return opened
             if self.size:  # one of ours will come back, or is being opened
@@ -100,8 +118,12 @@ class Pool:
             self._idle.append((connection, time.monotonic()))
 
     async def close(self) -> None:
-        """Close the idle connections now, and the others as they come back."""
+        """Close the idle connections now, and the others as they come back; those waiting for one
+        are told at once (PoolClosed) rather than left to their timeout."""
         self._closed = True
+        self._closed_event.set()
+        while self._hand_over(None):
+            pass
         while self._idle:
             self._close(self._idle.pop()[0])
         await asyncio.gather(*self._closing, return_exceptions=True)
@@ -126,8 +148,10 @@ class Pool:
 
     async def _sleep_until_retry(self, deadline: float) -> None:
         """Sleep out the refusal backoff; at the deadline, the server's refusal is the answer."""
-        await asyncio.sleep(max(0.0, min(self._refused_until, deadline) - time.monotonic()))
-        if time.monotonic() >= deadline:
+        with contextlib.suppress(TimeoutError):  # close() ends the sleep early
+            async with asyncio.timeout(max(0.0, min(self._refused_until, deadline) - time.monotonic())):
+                await self._closed_event.wait()
+        if time.monotonic() >= deadline and not self._closed:
             raise self._refusal or PoolTimeout(f"no database connection in {self._timeout_s:g} s")
 
     async def _wait(self, deadline: float) -> asyncpg.Connection | None:
