@@ -16,7 +16,7 @@ from app.core.settings import Settings, get_settings
 from app.core.web import health
 from app.core.web.cors import ProblemCORSMiddleware
 from app.core.web.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.core.web.openapi import install_openapi, operation_id, problem_responses
+from app.core.web.openapi import install_openapi, operation_id
 from app.core.web.resources import RowShapes
 from app.projects.routes import router as projects_router
 from app.tasks.routes import router as tasks_router
@@ -89,8 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # router or here) and FastAPI's docs (/docs, /redoc, /docs/oauth2-redirect, /openapi.json). With
     # AUTH_MODE google or oidc, every other path, routed or not, answers 401 to a caller without a token.
     app.include_router(health.router, dependencies=[Public])
-    auth_problems = problem_responses(401, 403) if verifier is not None else {}
     for router in RESOURCE_ROUTERS:
-        app.include_router(router, responses=auth_problems)
+        app.include_router(router)
     install_openapi(app, bearer=verifier is not None)
     return app

@@ -30,6 +30,7 @@ from app.core.db.statements import Statement
 from app.core.models import Audited, AuditedPublic, InputSchema
 from app.core.settings import Settings
 from app.core.web.idempotency import AnswerStored, IdempotencyDep
+from app.core.web.openapi import NOT_MODIFIED
 from app.core.web.resources import RenderedJSON, conditional_response, resource_response
 from tests.helpers import asgi_client, libpq_url, run_alembic, unique
 
@@ -88,7 +89,7 @@ async def list_notes(request: Request, page: PageDep) -> Response:
         return RenderedJSON(await _NOTE_PAGE.page(connection, page))
 
 
-@router.get("/{note_id}", response_model=NotePublic)
+@router.get("/{note_id}", response_model=NotePublic, responses=NOT_MODIFIED)
 async def read_note(note_id: uuid.UUID, request: Request) -> Response:
     async with database_of(request).connection() as connection:
         return conditional_response(await crud.get(connection, Note, note_id), request.headers.get("if-none-match"))

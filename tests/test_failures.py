@@ -43,7 +43,7 @@ async def failing(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """An app with routes that fail in the ways a user's handler can."""
     app: FastAPI = create_app(Settings(database_url=database_url, instance_connection_name=None))
 
-    @app.get("/__test__/breaks/{kind}")
+    @app.get("/__test__/breaks/{kind}", include_in_schema=False)
     async def breaks(request: Request, kind: str) -> None:
         async with database_of(request).transaction() as connection:
             await connection.execute(_TABLES)
@@ -73,7 +73,7 @@ async def failing(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
             except Exception:
                 raise RuntimeError("the handler's own failure, its cause deliberately hidden") from None
 
-    @app.get("/__test__/query-over-its-timeout")
+    @app.get("/__test__/query-over-its-timeout", include_in_schema=False)
     async def slow(request: Request) -> None:
         async with database_of(request).connection() as connection:
             await connection.fetchval("SELECT pg_sleep(1)", timeout=0.05)

@@ -124,11 +124,19 @@ def test_two_error_classes_giving_one_problem_type_different_statuses_stop_the_s
 
 
 def test_a_document_without_any_route_s_problem_still_defines_the_problem_schema() -> None:
-    from app.core.web.openapi import declare_http_layer
+    from fastapi import FastAPI
 
-    schema: dict[str, Any] = {"paths": {"/x": {"get": {"responses": {"200": {"description": "OK"}}}}}}
-    declare_http_layer(schema, merge_patch=set())
-    validate({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, **schema})
+    from app.core.web.openapi import install_openapi
+
+    bare = FastAPI()
+
+    @bare.get("/x")
+    async def x() -> dict[str, str]:
+        return {}
+
+    install_openapi(bare, bearer=False)
+    schema = bare.openapi()
+    validate(schema)
     assert schema["components"]["schemas"]["ProblemDocument"]["properties"]["errors"]["items"]["$ref"] == (
         "#/components/schemas/FieldError"
     )

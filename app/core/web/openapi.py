@@ -22,18 +22,20 @@ NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
 BEARER_DESCRIPTION = "A Google-signed or OIDC ID token"
 
 
-_PROBLEM_SCHEMA = {"$ref": "#/components/schemas/ProblemDocument"}  # filled in by install_openapi
+PROBLEM_SCHEMA = "#/components/schemas/ProblemDocument"  # filled in by install_openapi
+
+
+def _problem(status: str) -> dict[str, Any]:
+    phrase = HTTPStatus(int(status)).phrase if status.isdigit() else "Any other problem"
+    return {"description": phrase, "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA}}}}
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problem documents a route can answer with. The body is a reference
     to ProblemDocument's schema, added once when the document is built: a `model` here would have
-    FastAPI build a ProblemDocument validator per route and status at import (about 50, a fifth of
-    the app's start-up) that nothing but this document uses."""
-    return {
-        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}}}
-        for status in statuses
-    }
+    FastAPI build a ProblemDocument validator per route and status at import, a large part of the
+    app's start-up (docs/benchmarks.md), that nothing but this document uses."""
+    return {status: _problem(str(status)) for status in statuses}
 
 
 def _with_problem_schemas(schema: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +104,10 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                         public |= {(str(context.path_format), method.lower()) for method in context.methods or ()}
             for route, path in schema.get("paths", {}).items():
                 for method, operation in path.items():
-                    if bearer and (route, method) not in public:
+                    if bearer and (route, method) not in public:  # every route a user adds, too
                         operation["security"] = [{"HTTPBearer": []}]
+                        for status in ("401", "403"):
+                            operation.setdefault("responses", {}).setdefault(status, _problem(status))
                     for status, response in operation.get("responses", {}).items():
                         content = response.get("content", {})
                         if status.isdigit() and int(status) >= 400 and "application/json" in content:
@@ -161,7 +165,6 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
 }
-PROBLEM_SCHEMA = "#/components/schemas/ProblemDocument"
 _BY_STATUS = {"304": ["ETag"], "401": ["WWW-Authenticate"], "405": ["Allow"], "503": ["Retry-After"]}
 
 
@@ -176,11 +179,6 @@ def merge_patch_operations(routes: list[BaseRoute]) -> set[tuple[str, str]]:
     return found
 
 
-def _problem(status: str) -> dict[str, Any]:
-    phrase = HTTPStatus(int(status)).phrase if status.isdigit() else "Any other problem"
-    return {"description": phrase, "content": {PROBLEM_JSON: {"schema": {"$ref": PROBLEM_SCHEMA}}}}
-
-
 def _is_resource(schema: dict[str, Any], response: dict[str, Any]) -> bool:
     """A single resource (an `id` and a `version`) is what carries an ETag."""
     ref = response.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
@@ -193,10 +191,6 @@ def declare_http_layer(schema: dict[str, Any], *, merge_patch: set[tuple[str, st
     route a user adds is described as truly as the template's, without listing them itself."""
     components = schema.setdefault("components", {})
     components.setdefault("headers", {}).update(HEADERS)
-    schemas = components.setdefault("schemas", {})
-    if "ProblemDocument" not in schemas:  # no route names a problem of its own: the default still does
-        problem = ProblemDocument.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(problem.pop("$defs", {}), ProblemDocument=problem)
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             responses = operation.setdefault("responses", {})
