@@ -94,8 +94,9 @@ def needed(max_instances: int, per_instance: int) -> int:
     return instances * per_instance + MIGRATOR_CONNECTIONS
 
 
-async def read_limits() -> tuple[int, int]:
-    """max_connections and the reserved slots, from the server the settings point at."""
+async def fetch_row(query: str, *arguments: object) -> dict[str, object]:
+    """One row, from the server the settings point at (as the migrations connect: the Cloud SQL
+    connector as DB_IAM_USER, or DATABASE_URL). scripts/least_privilege.py connects through it too."""
     sys.path.insert(0, str(ROOT))
     from app.core.database import Database
     from app.core.settings import load_settings
@@ -103,15 +104,21 @@ async def read_limits() -> tuple[int, int]:
     database = Database(load_settings())
     try:
         async with database.connection() as connection:
-            row = await connection.fetchrow(
-                "SELECT current_setting('max_connections')::int AS max_connections,"
-                " current_setting('superuser_reserved_connections')::int"
-                # reserved_connections exists from PostgreSQL 16 on; missing_ok gives NULL before.
-                " + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved"
-            )
+            row = await connection.fetchrow(query, *arguments)
     finally:
         await database.dispose()
-    return int(row["max_connections"]), int(row["reserved"])
+    return dict(row)
+
+
+async def read_limits() -> tuple[int, int]:
+    """max_connections and the reserved slots, from the server the settings point at."""
+    row = await fetch_row(
+        "SELECT current_setting('max_connections')::int AS max_connections,"
+        " current_setting('superuser_reserved_connections')::int"
+        # reserved_connections exists from PostgreSQL 16 on; missing_ok gives NULL before.
+        " + coalesce(current_setting('reserved_connections', true)::int, 0) AS reserved"
+    )
+    return int(str(row["max_connections"])), int(str(row["reserved"]))
 
 
 def main(argv: list[str] | None = None) -> int:
