@@ -46,11 +46,13 @@ clean:
 	rm -rf $(VENV) .uv .data .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
 
 # After editing the dependencies in pyproject.toml: re-resolve uv.lock, export its runtime part to
-# requirements.txt (what Cloud Functions installs), reinstall. LOCK_ARGS=--upgrade also moves every
+# requirements.txt (what the function's build installs) and, with hashes, to requirements-locked.txt
+# (what the deploy build's migrator installs, --require-hashes), reinstall. LOCK_ARGS=--upgrade also moves every
 # pin pyproject.toml leaves free to its newest release.
 lock: | $(UV)
 	$(UV) lock --quiet --python $(PYTHON) $(LOCK_ARGS)
 	$(UV) export --frozen --quiet --no-dev --no-hashes --no-emit-project --output-file=requirements.txt
+	$(UV) export --frozen --quiet --no-dev --no-emit-project --output-file=requirements-locked.txt
 	$(UV) sync --locked --quiet --python $(PYTHON)
 	@touch $(BIN)/.installed
 

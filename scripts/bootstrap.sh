@@ -72,7 +72,7 @@ BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
 NETWORK_PATH="projects/${PROJECT}/global/networks/${NETWORK}"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME, $DB_IP_TYPE IP"
-echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
+echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA, tester $TESTER_SA, builder $BUILDER_SA"
 
 step "Enabling APIs"
 # With a public IP, compute.googleapis.com is not needed: the function builds and runs as the
@@ -107,7 +107,9 @@ ensure_service_account() {
   fi
 }
 ensure_service_account "$RUNTIME_SA" "projects API function (runtime)"
-ensure_service_account "$MIGRATOR_SA" "projects API migrations and deploys (Cloud Build)"
+ensure_service_account "$MIGRATOR_SA" "projects API migrations and deploys (the deploy build)"
+ensure_service_account "$TESTER_SA" "projects API lint and tests (the test build)"
+ensure_service_account "$BUILDER_SA" "projects API function image builds"
 
 grant_project_role() {
   local member="$1" role="$2"
@@ -123,6 +125,23 @@ grant_on_service_account() {
     --member="$member" --role="$role" --quiet >/dev/null
 }
 
+grant_on_bucket() {
+  local bucket="$1" member="$2" role="$3"
+  echo "    $role on $bucket -> $member"
+  retry gcloud storage buckets add-iam-policy-binding "$bucket" --project="$PROJECT" \
+    --member="$member" --role="$role" --quiet >/dev/null
+}
+
+# Where `gcloud builds submit` uploads the source both builds read (scripts/submit.sh): made here,
+# so that read rights can be granted on this bucket alone.
+step "Build source bucket $SOURCE_BUCKET"
+if gcloud storage buckets describe "$SOURCE_BUCKET" --project="$PROJECT" >/dev/null 2>&1; then
+  echo "    exists"
+else
+  gcloud storage buckets create "$SOURCE_BUCKET" --project="$PROJECT" --location="$REGION" \
+    --uniform-bucket-level-access
+fi
+
 # What each role is for, command by command, with Google's page for it: docs/permissions.md.
 step "Roles"
 # Both identities fetch connector certificates (client) and log in as their IAM database user.
@@ -130,32 +149,44 @@ for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
   grant_project_role "serviceAccount:$sa" roles/cloudsql.client
   grant_project_role "serviceAccount:$sa" roles/cloudsql.instanceUser
 done
-# The migrator runs cloudbuild.yaml and the Cloud Build job that builds the function's image:
-#   logging.logWriter        build logs (options.logging: CLOUD_LOGGING_ONLY)
-#   storage.objectAdmin      the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*),
-#                            as Google's page for a function's build service account asks
-#   artifactregistry.writer  the function's image (the gcf-artifacts repository)
-#   cloudfunctions.developer create, update and describe the function
-#   run.invoker              the smoke test's call; project-wide because the function's service
-#                            does not exist before the first build. Once it does, you may move the
-#                            grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
-for role in roles/logging.logWriter roles/storage.objectAdmin roles/artifactregistry.writer \
-  roles/cloudfunctions.developer roles/run.invoker; do
+# The tester runs cloudbuild-test.yaml: third-party dev dependencies run with its credentials, so
+# it may write its build's logs and read the uploaded source, and nothing else.
+grant_project_role "serviceAccount:$TESTER_SA" roles/logging.logWriter
+grant_on_bucket "$SOURCE_BUCKET" "serviceAccount:$TESTER_SA" roles/storage.objectViewer
+# The migrator runs cloudbuild.yaml (locked runtime dependencies only):
+#   logging.logWriter                    build logs (options.logging: CLOUD_LOGGING_ONLY)
+#   storage.objectViewer on the bucket   the uploaded source
+#   run.sourceDeveloper                  deploy the candidate from source, move its traffic
+#   serviceusage.serviceUsageConsumer    the nested source build, as Google's page asks
+#   run.invoker                          the smoke test's calls; project-wide because the service
+#                                        does not exist before the first build. Once it does, you
+#                                        may move the grant to it (docs/permissions.md)
+for role in roles/logging.logWriter roles/run.sourceDeveloper roles/serviceusage.serviceUsageConsumer \
+  roles/run.invoker; do
   grant_project_role "serviceAccount:$MIGRATOR_SA" "$role"
 done
-# Deploying as the migrator attaches the runtime account to the function and builds as itself.
+grant_on_bucket "$SOURCE_BUCKET" "serviceAccount:$MIGRATOR_SA" roles/storage.objectViewer
+# The function's image is built by its own account, with the role Google's build-account page names.
+grant_project_role "serviceAccount:$BUILDER_SA" roles/run.builder
+# Deploying as the migrator attaches the runtime account to the function and builds as the builder.
 grant_on_service_account "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
-grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
-# The smoke test's identity token for the function's URL is the migrator's own:
-# iam.serviceAccounts.getOpenIdToken, which Service Account User does not include.
+grant_on_service_account "$BUILDER_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
+# The smoke test's identity token is the migrator's own: iam.serviceAccounts.getOpenIdToken,
+# which Service Account User does not include.
 grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountOpenIdTokenCreator
-# Whoever runs `gcloud builds submit` must be allowed to start a build as the migrator.
+# On the private path the function's own account needs Cloud Run Invoker for Direct VPC egress
+# (Google's page on Direct VPC egress for functions).
+if [ "$DB_IP_TYPE" = private ]; then
+  grant_project_role "serviceAccount:$RUNTIME_SA" roles/run.invoker
+fi
+# Whoever runs scripts/submit.sh must be allowed to start the two builds as their identities.
 if [ -n "$SUBMITTER" ]; then
   if [[ "$SUBMITTER" == *.gserviceaccount.com ]]; then
     submitter_member="serviceAccount:$SUBMITTER"
   else
     submitter_member="user:$SUBMITTER"
   fi
+  grant_on_service_account "$TESTER_SA" "$submitter_member" roles/iam.serviceAccountUser
   grant_on_service_account "$MIGRATOR_SA" "$submitter_member" roles/iam.serviceAccountUser
 fi
 
@@ -264,7 +295,8 @@ for db_user in "$MIGRATOR_DB_USER" "$RUNTIME_DB_USER"; do
   if grep -Fxq -- "$db_user" <<<"$existing_users"; then
     echo "    $db_user exists"
   else
-    gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
+    # Right after its service account is created, Cloud SQL may not see it yet: try again.
+    retry gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
       --type=cloud_iam_service_account
   fi
 done

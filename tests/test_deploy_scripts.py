@@ -27,6 +27,8 @@ PROJECT = "demo-project"
 OWNER = fake_gcloud.OWNER
 MIGRATOR_SA = f"projects-api-migrator@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME_SA = f"projects-api@{PROJECT}.iam.gserviceaccount.com"
+TESTER_SA = f"projects-api-tester@{PROJECT}.iam.gserviceaccount.com"
+BUILDER_SA = f"projects-api-builder@{PROJECT}.iam.gserviceaccount.com"
 
 
 def bash() -> str:
@@ -48,7 +50,14 @@ def after_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = project.run("bootstrap.sh", ALERT_EMAIL="oncall@example.com")
     assert result.returncode == 0, result.stdout + result.stderr
     state = project.state
-    state["functions"]["projects-api"] = {"policy": {}, "region": "europe-west1", "service_account": RUNTIME_SA}
+    state["functions"]["projects-api"] = {
+        "policy": {},
+        "region": "europe-west1",
+        "service_account": RUNTIME_SA,
+        "managed_by": "run",
+        "revisions": ["projects-api-00001-x"],
+        "traffic": {"projects-api-00001-x": 100},
+    }
     return state
 
 
@@ -82,7 +91,12 @@ def test_help_and_a_wrong_argument_call_no_gcloud(project: Project, script: str)
 
 def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrapped: Project) -> None:
     state = bootstrapped.state
-    assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA}
+    assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA, TESTER_SA, BUILDER_SA}
+    source_bucket = state["buckets"][f"gs://{PROJECT}_cloudbuild"]
+    readers = source_bucket["policy"]["roles/storage.objectViewer"]
+    assert readers == [f"serviceAccount:{TESTER_SA}", f"serviceAccount:{MIGRATOR_SA}"], (
+        "read rights on this bucket only"
+    )
     (instance,) = state["instances"].values()
     assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
     assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
@@ -172,6 +186,7 @@ def test_teardown_deletes_everything_bootstrap_made_and_a_second_run_finds_nothi
     calls = bootstrapped.calls(started)
     sql_calls = [args[2] for args in calls if args[:2] == ["sql", "instances"] and args[2] != "describe"]
     assert sql_calls == ["patch", "delete"], "deletion protection is lifted just before the delete"
+    assert state["final_backups"] == [{"instance": "projects-db", "days": 30}], "a final backup, kept 30 days"
     assert state["policies"] == {} and state["log_metrics"] == {}
     assert len(state["channels"]) == 1, "the e-mail channel is listed, not deleted: other policies may use it"
     members = {member for members in state["project_policy"].values() for member in members}
