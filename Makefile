@@ -67,6 +67,15 @@ rename:
 startup: $(BIN)/.installed
 	$(BIN)/python scripts/measure_startup.py
 
+# `make replay`: every gcloud call of the deploy tests through the released Google Cloud CLI, offline,
+# and the release it used (must be cloudbuild.yaml's _GCLOUD_VERSION). Needs the CLI unpacked in
+# GCLOUD_SDK (docs/operations.md, "Bumping the pinned images"); not part of `make test`.
+GCLOUD_SDK ?= /tmp/gcloud-sdk
+GCLOUD_REPLAY ?= ../shared/tools/gcloud_replay.py
+.PHONY: replay
+replay: $(BIN)/.installed
+	env -u WORKERS GCLOUD_SDK=$(GCLOUD_SDK) GCLOUD_REPLAY=$(GCLOUD_REPLAY) $(BIN)/python tests/replay.py
+
 # `make bench`: this service against four peers, three runs, medians, targets and a profile (docs/benchmarks.md).
 # Quick look: make bench BENCH_RUNS=1 BENCH_DURATION_S=2 (every knob: docs/benchmarks.md).
 .PHONY: bench

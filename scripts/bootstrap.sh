@@ -30,6 +30,7 @@ EOF
   SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
                gcloud config get-value account
   BACKUP_START_TIME  start of the daily backup window, HH:MM in UTC: 03:00
+  MAINTENANCE_DAY, MAINTENANCE_HOUR  Cloud SQL's maintenance window (day, hour in UTC): SUN, 4
   BUILD_POOL   the Cloud Build private pool of DB_IP_TYPE=private: FUNCTION-builds
   ALERT_EMAIL  where alerts go; when set, bootstrap ends by running scripts/alerts.sh: unset
 
@@ -66,6 +67,8 @@ DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
 BACKUP_START_TIME="${BACKUP_START_TIME:-03:00}"
+MAINTENANCE_DAY="${MAINTENANCE_DAY:-SUN}"
+MAINTENANCE_HOUR="${MAINTENANCE_HOUR:-4}"
 BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
 [[ "$BACKUP_START_TIME" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] ||
   die "BACKUP_START_TIME=$BACKUP_START_TIME: expected HH:MM (UTC)"
@@ -244,6 +247,14 @@ if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&
       --retained-backups-count=8 --enable-point-in-time-recovery --retained-transaction-log-days=7 \
       --deletion-protection --quiet
   fi
+  # Without a window Cloud SQL may restart the instance for maintenance at any hour.
+  window="$(gcloud sql instances describe "$INSTANCE" --project="$PROJECT" --format='value(settings.maintenanceWindow.day)')"
+  if [ -n "$window" ] && [ "$window" != 0 ]; then
+    echo "    maintenance window set (day $window)"
+  else
+    gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --maintenance-window-day="$MAINTENANCE_DAY" \
+      --maintenance-window-hour="$MAINTENANCE_HOUR" --quiet
+  fi
   if [ "$DB_IP_TYPE" = private ]; then
     if [ -n "$private_network" ]; then
       echo "    private IP in $private_network"
@@ -268,6 +279,7 @@ else
     --assign-ip --database-flags=cloudsql.iam_authentication=on \
     --backup-start-time="$BACKUP_START_TIME" --retained-backups-count=8 \
     --enable-point-in-time-recovery --retained-transaction-log-days=7 --deletion-protection \
+    --maintenance-window-day="$MAINTENANCE_DAY" --maintenance-window-hour="$MAINTENANCE_HOUR" \
     ${network[@]+"${network[@]}"}
 fi
 

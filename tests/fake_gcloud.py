@@ -188,6 +188,7 @@ class Gcloud:
             "settings.backupConfiguration.pointInTimeRecoveryEnabled": str(instance.get("pitr", False)),
             "settings.deletionProtectionEnabled": str(instance.get("deletion_protection", False)),
             "settings.ipConfiguration.privateNetwork": instance.get("private_network", ""),
+            "settings.maintenanceWindow.day": str(instance.get("maintenance_window", {}).get("day", "")),
         }
         requested = flags.get("format", "")
         if requested.startswith("value[separator"):
@@ -242,6 +243,12 @@ class Gcloud:
             raise Refused("INVALID_ARGUMENT: Enterprise edition keeps 1 to 7 days of transaction logs")
         if "deletion-protection" in flags:
             instance["deletion_protection"] = True
+        if "maintenance-window-day" in flags:
+            day = ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"].index(flags["maintenance-window-day"]) + 1
+            hour = int(flags["maintenance-window-hour"])
+            if not 0 <= hour <= 23:
+                raise Refused("INVALID_ARGUMENT: the maintenance window's hour is 0 to 23")
+            instance["maintenance_window"] = {"day": day, "hour": hour}
 
     def _private_ip(self, instance: dict[str, Any], network: str) -> None:
         """A private IP needs Private Service Access on the network (a range and the peering)."""

@@ -100,6 +100,7 @@ def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrap
     (instance,) = state["instances"].values()
     assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
     assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
+    assert instance["maintenance_window"] == {"day": 7, "hour": 4}, "Sundays at 04:00 UTC, not any hour"
     assert "private_network" not in instance and instance["public_ip"]
     assert "app" in instance["databases"]
     assert {f"projects-api-migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
