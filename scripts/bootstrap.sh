@@ -7,15 +7,17 @@ usage() {
   cat <<'EOF'
 Usage: scripts/bootstrap.sh [--help]
 
-Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.yaml):
+Prepares an empty Google Cloud project for the two builds (cloudbuild-test.yaml, cloudbuild.yaml):
   - enables the APIs the build, the function, Cloud SQL and the alerts use;
   - creates the Cloud SQL for PostgreSQL instance with cloudsql.iam_authentication=on (or turns the
     flag on for an existing instance, keeping its other flags), daily backups, point-in-time
-    recovery and deletion protection, and the database;
+    recovery, a maintenance window and deletion protection, and the database;
+  - creates the builds' source bucket gs://PROJECT_cloudbuild;
   - with DB_IP_TYPE=private: Private Service Access on NETWORK, a private IP for the instance, and
     a Cloud Build private pool in NETWORK for the migrations (docs/operations.md);
-  - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
-    Build runs as it), grants them their roles, and creates their IAM database users;
+  - creates the service accounts: the runtime (the function), the tester (the test build), the
+    migrator (owns the schema; the deploy build) and the builder (the function's image); grants
+    them their roles, and creates the IAM database users of the runtime and the migrator;
   - with ALERT_EMAIL set: the log-based metrics and alert policies (scripts/alerts.sh);
   - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
 Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
@@ -323,24 +325,23 @@ pg_isready and the Cloud SQL Auth Proxy installed (README, Deploy), from the rep
   PROJECT=${PROJECT} REGION=${REGION} INSTANCE=${INSTANCE} DB_NAME=${DB_NAME} \\
     RUNTIME_SA=${RUNTIME_SA} MIGRATOR_SA=${MIGRATOR_SA} scripts/grant_roles.sh
 
-Then test, migrate, deploy and smoke-test:
+Then release: the test build, then the deploy build from the same upload (migrate, a candidate
+without traffic, its smoke test, the traffic):
 
 EOF
-substitutions="_REGION=${REGION},_INSTANCE=${INSTANCE},_DB_NAME=${DB_NAME},_FUNCTION=${FUNCTION},_RUNTIME_SA=${RUNTIME_SA},_MIGRATOR_SA=${MIGRATOR_SA}"
+settings="PROJECT=${PROJECT} REGION=${REGION} INSTANCE=${INSTANCE} DB_NAME=${DB_NAME} FUNCTION=${FUNCTION}"
 if [ "$DB_IP_TYPE" = private ]; then
   cat <<EOF
-  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
-    --worker-pool=projects/${PROJECT}/locations/${REGION}/workerPools/${BUILD_POOL} \\
-    --substitutions=${substitutions},_DB_IP_TYPE=private,_NETWORK=${NETWORK},_SUBNET=${SUBNET}
+  ${settings} DB_IP_TYPE=private NETWORK=${NETWORK} SUBNET=${SUBNET} BUILD_POOL=${BUILD_POOL} \\
+    scripts/submit.sh
 
-Once that build has passed, close the instance's public IP (docs/operations.md):
+Once that release has passed, close the instance's public IP (docs/operations.md):
 
   gcloud sql instances patch ${INSTANCE} --project=${PROJECT} --no-assign-ip
 EOF
 else
   cat <<EOF
-  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
-    --substitutions=${substitutions}
+  ${settings} scripts/submit.sh
 EOF
 fi
 

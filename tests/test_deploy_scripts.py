@@ -141,11 +141,21 @@ def test_the_private_path_bootstrap_builds_every_piece_and_a_second_run_changes_
     assert instance["private_network"] == f"projects/{PROJECT}/global/networks/shared"
     assert instance["public_ip"], "kept until the first build has passed: grant_roles.sh reaches it"
     assert state["worker_pools"] == {"projects-api-builds": {"region": "europe-west1", "network": "shared"}}
-    submit = re.sub(r"\\\n\s*", " ", result.stdout)
+    printed = " ".join(re.sub(r"\\\n", " ", result.stdout).split())
+    assert "DB_IP_TYPE=private NETWORK=shared SUBNET=shared BUILD_POOL=projects-api-builds scripts/submit.sh" in printed
+    # The printed release command: its deploy build runs in the pool, with the private path's substitutions.
+    before_submit = len(project.state["calls"])
+    submitted = project.run(
+        "submit.sh", DB_IP_TYPE="private", NETWORK="shared", SUBNET="shared", BUILD_POOL="projects-api-builds"
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    builds = [args for args in project.calls(before_submit) if args[:2] == ["builds", "submit"]]
+    assert len(builds) == 2 and not any("--worker-pool" in arg for arg in builds[0]), "the tests need no database"
+    submit = " ".join(builds[1])
     assert (
         f"--worker-pool=projects/{PROJECT}/locations/europe-west1/workerPools/projects-api-builds" in submit
         and ",_DB_IP_TYPE=private,_NETWORK=shared,_SUBNET=shared" in submit
-    ), result.stdout
+    ), submit
     assert f"gcloud sql instances patch projects-db --project={PROJECT} --no-assign-ip" in result.stdout
     before = len(state["calls"])
     again = project.run("bootstrap.sh", DB_IP_TYPE="private", NETWORK="shared")
