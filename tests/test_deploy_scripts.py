@@ -142,7 +142,8 @@ def test_the_private_path_bootstrap_builds_every_piece_and_a_second_run_changes_
     assert instance["public_ip"], "kept until the first build has passed: grant_roles.sh reaches it"
     assert state["worker_pools"] == {"projects-api-builds": {"region": "europe-west1", "network": "shared"}}
     printed = " ".join(re.sub(r"\\\n", " ", result.stdout).split())
-    assert "DB_IP_TYPE=private NETWORK=shared SUBNET=shared BUILD_POOL=projects-api-builds scripts/submit.sh" in printed
+    pool = "BUILD_POOL=projects-api-builds"
+    assert f"DB_IP_TYPE=private NETWORK=shared SUBNET=shared {pool} scripts/submit.sh" in printed
     # The printed release command: its deploy build runs in the pool, with the private path's substitutions.
     before_submit = len(project.state["calls"])
     submitted = project.run(
