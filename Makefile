@@ -46,11 +46,13 @@ clean:
 	rm -rf $(VENV) .uv .data .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
 
 # After editing the dependencies in pyproject.toml: re-resolve uv.lock, export its runtime part to
-# requirements.txt (what Cloud Functions installs), reinstall. LOCK_ARGS=--upgrade also moves every
+# requirements.txt (what the function's build installs) and, with hashes, to requirements-locked.txt
+# (what the deploy build's migrator installs, --require-hashes), reinstall. LOCK_ARGS=--upgrade also moves every
 # pin pyproject.toml leaves free to its newest release.
 lock: | $(UV)
 	$(UV) lock --quiet --python $(PYTHON) $(LOCK_ARGS)
 	$(UV) export --frozen --quiet --no-dev --no-hashes --no-emit-project --output-file=requirements.txt
+	$(UV) export --frozen --quiet --no-dev --no-emit-project --output-file=requirements-locked.txt
 	$(UV) sync --locked --quiet --compile-bytecode --python $(PYTHON)
 	@touch $(BIN)/.installed
 
@@ -64,6 +66,15 @@ rename:
 
 startup: $(BIN)/.installed
 	$(BIN)/python scripts/measure_startup.py
+
+# `make replay`: every gcloud call of the deploy tests through the released Google Cloud CLI, offline,
+# and the release it used (must be cloudbuild.yaml's _GCLOUD_VERSION). Needs the CLI unpacked in
+# GCLOUD_SDK (docs/operations.md, "Bumping the pinned images"); not part of `make test`.
+GCLOUD_SDK ?= /tmp/gcloud-sdk
+GCLOUD_REPLAY ?= ../shared/tools/gcloud_replay.py
+.PHONY: replay
+replay: $(BIN)/.installed
+	env -u WORKERS GCLOUD_SDK=$(GCLOUD_SDK) GCLOUD_REPLAY=$(GCLOUD_REPLAY) $(BIN)/python tests/replay.py
 
 # `make bench`: this service against four peers, three runs, medians, targets and a profile (docs/benchmarks.md).
 # Quick look: make bench BENCH_RUNS=1 BENCH_DURATION_S=2 (every knob: docs/benchmarks.md).

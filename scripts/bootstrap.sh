@@ -7,15 +7,17 @@ usage() {
   cat <<'EOF'
 Usage: scripts/bootstrap.sh [--help]
 
-Prepares an empty Google Cloud project for the Cloud Build pipeline (cloudbuild.yaml):
+Prepares an empty Google Cloud project for the two builds (cloudbuild-test.yaml, cloudbuild.yaml):
   - enables the APIs the build, the function, Cloud SQL and the alerts use;
   - creates the Cloud SQL for PostgreSQL instance with cloudsql.iam_authentication=on (or turns the
     flag on for an existing instance, keeping its other flags), daily backups, point-in-time
-    recovery and deletion protection, and the database;
+    recovery, a maintenance window and deletion protection, and the database;
+  - creates the builds' source bucket gs://PROJECT_cloudbuild;
   - with DB_IP_TYPE=private: Private Service Access on NETWORK, a private IP for the instance, and
     a Cloud Build private pool in NETWORK for the migrations (docs/operations.md);
-  - creates the runtime service account (the function) and the migrator (owns the schema; Cloud
-    Build runs as it), grants them their roles, and creates their IAM database users;
+  - creates the service accounts: the runtime (the function), the tester (the test build), the
+    migrator (owns the schema; the deploy build) and the builder (the function's image); grants
+    them their roles, and creates the IAM database users of the runtime and the migrator;
   - with ALERT_EMAIL set: the log-based metrics and alert policies (scripts/alerts.sh);
   - prints the one step left: scripts/grant_roles.sh (migrations/roles.sql as the admin user).
 Run it as a project Owner (or someone who may enable APIs, create Cloud SQL instances and service
@@ -30,6 +32,7 @@ EOF
   SUBMITTER    account allowed to start builds as MIGRATOR_SA (set it empty to skip that grant):
                gcloud config get-value account
   BACKUP_START_TIME  start of the daily backup window, HH:MM in UTC: 03:00
+  MAINTENANCE_DAY, MAINTENANCE_HOUR  Cloud SQL's maintenance window (day, hour in UTC): SUN, 4
   BUILD_POOL   the Cloud Build private pool of DB_IP_TYPE=private: FUNCTION-builds
   ALERT_EMAIL  where alerts go; when set, bootstrap ends by running scripts/alerts.sh: unset
 
@@ -66,13 +69,15 @@ DB_VERSION="${DB_VERSION:-POSTGRES_17}"
 DB_TIER="${DB_TIER:-db-custom-1-3840}"
 SUBMITTER="${SUBMITTER-$(gcloud config get-value account 2>/dev/null || true)}"
 BACKUP_START_TIME="${BACKUP_START_TIME:-03:00}"
+MAINTENANCE_DAY="${MAINTENANCE_DAY:-SUN}"
+MAINTENANCE_HOUR="${MAINTENANCE_HOUR:-4}"
 BUILD_POOL="${BUILD_POOL:-${FUNCTION}-builds}"
 [[ "$BACKUP_START_TIME" =~ ^([01][0-9]|2[0-3]):[0-5][0-9]$ ]] ||
   die "BACKUP_START_TIME=$BACKUP_START_TIME: expected HH:MM (UTC)"
 NETWORK_PATH="projects/${PROJECT}/global/networks/${NETWORK}"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, database $DB_NAME, $DB_IP_TYPE IP"
-echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
+echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA, tester $TESTER_SA, builder $BUILDER_SA"
 
 step "Enabling APIs"
 # With a public IP, compute.googleapis.com is not needed: the function builds and runs as the
@@ -107,7 +112,9 @@ ensure_service_account() {
   fi
 }
 ensure_service_account "$RUNTIME_SA" "projects API function (runtime)"
-ensure_service_account "$MIGRATOR_SA" "projects API migrations and deploys (Cloud Build)"
+ensure_service_account "$MIGRATOR_SA" "projects API migrations and deploys (the deploy build)"
+ensure_service_account "$TESTER_SA" "projects API lint and tests (the test build)"
+ensure_service_account "$BUILDER_SA" "projects API function image builds"
 
 grant_project_role() {
   local member="$1" role="$2"
@@ -123,6 +130,23 @@ grant_on_service_account() {
     --member="$member" --role="$role" --quiet >/dev/null
 }
 
+grant_on_bucket() {
+  local bucket="$1" member="$2" role="$3"
+  echo "    $role on $bucket -> $member"
+  retry gcloud storage buckets add-iam-policy-binding "$bucket" --project="$PROJECT" \
+    --member="$member" --role="$role" --quiet >/dev/null
+}
+
+# Where `gcloud builds submit` uploads the source both builds read (scripts/submit.sh): made here,
+# so that read rights can be granted on this bucket alone.
+step "Build source bucket $SOURCE_BUCKET"
+if gcloud storage buckets describe "$SOURCE_BUCKET" --project="$PROJECT" >/dev/null 2>&1; then
+  echo "    exists"
+else
+  gcloud storage buckets create "$SOURCE_BUCKET" --project="$PROJECT" --location="$REGION" \
+    --uniform-bucket-level-access
+fi
+
 # What each role is for, command by command, with Google's page for it: docs/permissions.md.
 step "Roles"
 # Both identities fetch connector certificates (client) and log in as their IAM database user.
@@ -130,32 +154,44 @@ for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
   grant_project_role "serviceAccount:$sa" roles/cloudsql.client
   grant_project_role "serviceAccount:$sa" roles/cloudsql.instanceUser
 done
-# The migrator runs cloudbuild.yaml and the Cloud Build job that builds the function's image:
-#   logging.logWriter        build logs (options.logging: CLOUD_LOGGING_ONLY)
-#   storage.objectAdmin      the uploaded sources (gs://PROJECT_cloudbuild, gcf-v2-sources-*),
-#                            as Google's page for a function's build service account asks
-#   artifactregistry.writer  the function's image (the gcf-artifacts repository)
-#   cloudfunctions.developer create, update and describe the function
-#   run.invoker              the smoke test's call; project-wide because the function's service
-#                            does not exist before the first build. Once it does, you may move the
-#                            grant to it: gcloud functions add-invoker-policy-binding FUNCTION ...
-for role in roles/logging.logWriter roles/storage.objectAdmin roles/artifactregistry.writer \
-  roles/cloudfunctions.developer roles/run.invoker; do
+# The tester runs cloudbuild-test.yaml: third-party dev dependencies run with its credentials, so
+# it may write its build's logs and read the uploaded source, and nothing else.
+grant_project_role "serviceAccount:$TESTER_SA" roles/logging.logWriter
+grant_on_bucket "$SOURCE_BUCKET" "serviceAccount:$TESTER_SA" roles/storage.objectViewer
+# The migrator runs cloudbuild.yaml (locked runtime dependencies only):
+#   logging.logWriter                    build logs (options.logging: CLOUD_LOGGING_ONLY)
+#   storage.objectViewer on the bucket   the uploaded source
+#   run.sourceDeveloper                  deploy the candidate from source, move its traffic
+#   serviceusage.serviceUsageConsumer    the nested source build, as Google's page asks
+#   run.invoker                          the smoke test's calls; project-wide because the service
+#                                        does not exist before the first build. Once it does, you
+#                                        may move the grant to it (docs/permissions.md)
+for role in roles/logging.logWriter roles/run.sourceDeveloper roles/serviceusage.serviceUsageConsumer \
+  roles/run.invoker; do
   grant_project_role "serviceAccount:$MIGRATOR_SA" "$role"
 done
-# Deploying as the migrator attaches the runtime account to the function and builds as itself.
+grant_on_bucket "$SOURCE_BUCKET" "serviceAccount:$MIGRATOR_SA" roles/storage.objectViewer
+# The function's image is built by its own account, with the role Google's build-account page names.
+grant_project_role "serviceAccount:$BUILDER_SA" roles/run.builder
+# Deploying as the migrator attaches the runtime account to the function and builds as the builder.
 grant_on_service_account "$RUNTIME_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
-grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
-# The smoke test's identity token for the function's URL is the migrator's own:
-# iam.serviceAccounts.getOpenIdToken, which Service Account User does not include.
+grant_on_service_account "$BUILDER_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountUser
+# The smoke test's identity token is the migrator's own: iam.serviceAccounts.getOpenIdToken,
+# which Service Account User does not include.
 grant_on_service_account "$MIGRATOR_SA" "serviceAccount:$MIGRATOR_SA" roles/iam.serviceAccountOpenIdTokenCreator
-# Whoever runs `gcloud builds submit` must be allowed to start a build as the migrator.
+# On the private path the function's own account needs Cloud Run Invoker for Direct VPC egress
+# (Google's page on Direct VPC egress for functions).
+if [ "$DB_IP_TYPE" = private ]; then
+  grant_project_role "serviceAccount:$RUNTIME_SA" roles/run.invoker
+fi
+# Whoever runs scripts/submit.sh must be allowed to start the two builds as their identities.
 if [ -n "$SUBMITTER" ]; then
   if [[ "$SUBMITTER" == *.gserviceaccount.com ]]; then
     submitter_member="serviceAccount:$SUBMITTER"
   else
     submitter_member="user:$SUBMITTER"
   fi
+  grant_on_service_account "$TESTER_SA" "$submitter_member" roles/iam.serviceAccountUser
   grant_on_service_account "$MIGRATOR_SA" "$submitter_member" roles/iam.serviceAccountUser
 fi
 
@@ -213,6 +249,14 @@ if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&
       --retained-backups-count=8 --enable-point-in-time-recovery --retained-transaction-log-days=7 \
       --deletion-protection --quiet
   fi
+  # Without a window Cloud SQL may restart the instance for maintenance at any hour.
+  window="$(gcloud sql instances describe "$INSTANCE" --project="$PROJECT" --format='value(settings.maintenanceWindow.day)')"
+  if [ -n "$window" ] && [ "$window" != 0 ]; then
+    echo "    maintenance window set (day $window)"
+  else
+    gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --maintenance-window-day="$MAINTENANCE_DAY" \
+      --maintenance-window-hour="$MAINTENANCE_HOUR" --quiet
+  fi
   if [ "$DB_IP_TYPE" = private ]; then
     if [ -n "$private_network" ]; then
       echo "    private IP in $private_network"
@@ -237,6 +281,7 @@ else
     --assign-ip --database-flags=cloudsql.iam_authentication=on \
     --backup-start-time="$BACKUP_START_TIME" --retained-backups-count=8 \
     --enable-point-in-time-recovery --retained-transaction-log-days=7 --deletion-protection \
+    --maintenance-window-day="$MAINTENANCE_DAY" --maintenance-window-hour="$MAINTENANCE_HOUR" \
     ${network[@]+"${network[@]}"}
 fi
 
@@ -264,7 +309,8 @@ for db_user in "$MIGRATOR_DB_USER" "$RUNTIME_DB_USER"; do
   if grep -Fxq -- "$db_user" <<<"$existing_users"; then
     echo "    $db_user exists"
   else
-    gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
+    # Right after its service account is created, Cloud SQL may not see it yet: try again.
+    retry gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
       --type=cloud_iam_service_account
   fi
 done
@@ -279,24 +325,23 @@ pg_isready and the Cloud SQL Auth Proxy installed (README, Deploy), from the rep
   PROJECT=${PROJECT} REGION=${REGION} INSTANCE=${INSTANCE} DB_NAME=${DB_NAME} \\
     RUNTIME_SA=${RUNTIME_SA} MIGRATOR_SA=${MIGRATOR_SA} scripts/grant_roles.sh
 
-Then test, migrate, deploy and smoke-test:
+Then release: the test build, then the deploy build from the same upload (migrate, a candidate
+without traffic, its smoke test, the traffic):
 
 EOF
-substitutions="_REGION=${REGION},_INSTANCE=${INSTANCE},_DB_NAME=${DB_NAME},_FUNCTION=${FUNCTION},_RUNTIME_SA=${RUNTIME_SA},_MIGRATOR_SA=${MIGRATOR_SA}"
+settings="PROJECT=${PROJECT} REGION=${REGION} INSTANCE=${INSTANCE} DB_NAME=${DB_NAME} FUNCTION=${FUNCTION}"
 if [ "$DB_IP_TYPE" = private ]; then
   cat <<EOF
-  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
-    --worker-pool=projects/${PROJECT}/locations/${REGION}/workerPools/${BUILD_POOL} \\
-    --substitutions=${substitutions},_DB_IP_TYPE=private,_NETWORK=${NETWORK},_SUBNET=${SUBNET}
+  ${settings} DB_IP_TYPE=private NETWORK=${NETWORK} SUBNET=${SUBNET} BUILD_POOL=${BUILD_POOL} \\
+    scripts/submit.sh
 
-Once that build has passed, close the instance's public IP (docs/operations.md):
+Once that release has passed, close the instance's public IP (docs/operations.md):
 
   gcloud sql instances patch ${INSTANCE} --project=${PROJECT} --no-assign-ip
 EOF
 else
   cat <<EOF
-  gcloud builds submit --project=${PROJECT} --config=cloudbuild.yaml --ignore-file=.gitignore \\
-    --substitutions=${substitutions}
+  ${settings} scripts/submit.sh
 EOF
 fi
 

@@ -8,7 +8,9 @@
 #   DB_NAME      database: app
 #   FUNCTION     the function: projects-api
 #   RUNTIME_SA   the function's service account: projects-api@PROJECT.iam.gserviceaccount.com
-#   MIGRATOR_SA  the build's service account (migrations, deploy): projects-api-migrator@PROJECT.iam.gserviceaccount.com
+#   MIGRATOR_SA  the deploy build's service account (migrations, deploy): projects-api-migrator@PROJECT.iam.gserviceaccount.com
+#   TESTER_SA    the test build's service account (lint, tests): projects-api-tester@PROJECT.iam.gserviceaccount.com
+#   BUILDER_SA   builds the function's image: projects-api-builder@PROJECT.iam.gserviceaccount.com
 #   DB_IP_TYPE   how the function reaches the instance: public (its public IP, through the connector)
 #                or private (a private IP in NETWORK; docs/operations.md, "Keep the database private"): public
 #   NETWORK      the VPC network of the private path: default
@@ -64,6 +66,9 @@ load_settings() {
   FUNCTION="${FUNCTION:-projects-api}"
   RUNTIME_SA="${RUNTIME_SA:-projects-api@${PROJECT}.iam.gserviceaccount.com}"
   MIGRATOR_SA="${MIGRATOR_SA:-projects-api-migrator@${PROJECT}.iam.gserviceaccount.com}"
+  TESTER_SA="${TESTER_SA:-projects-api-tester@${PROJECT}.iam.gserviceaccount.com}"
+  BUILDER_SA="${BUILDER_SA:-projects-api-builder@${PROJECT}.iam.gserviceaccount.com}"
+  SOURCE_BUCKET="gs://${PROJECT}_cloudbuild"
   DB_IP_TYPE="${DB_IP_TYPE:-public}"
   NETWORK="${NETWORK:-default}"
   SUBNET="${SUBNET:-$NETWORK}"
@@ -72,7 +77,7 @@ load_settings() {
     *) die "DB_IP_TYPE=$DB_IP_TYPE: expected public or private" ;;
   esac
 
-  for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
+  for sa in "$RUNTIME_SA" "$MIGRATOR_SA" "$TESTER_SA" "$BUILDER_SA"; do
     [[ "$sa" == *"@${PROJECT}.iam.gserviceaccount.com" ]] ||
       die "$sa: expected a service account of project $PROJECT (NAME@${PROJECT}.iam.gserviceaccount.com)"
   done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sends all of the function's traffic back to an earlier revision, or forward to the latest. The
+# Sends all of the function's traffic back to an earlier promoted revision, or forward to the newest. The
 # database is not touched: every migration keeps the release before it working (README,
 # "Expand, then contract"), so the earlier code runs on today's schema. See --help.
 set -euo pipefail
@@ -8,11 +8,13 @@ usage() {
   cat <<'EOF'
 Usage: scripts/rollback.sh [REVISION | --to-latest | --help]
 
-A 2nd gen function runs as the Cloud Run service of the same name, one revision per deploy. With no
-argument, all traffic goes to the revision deployed before the one serving now; with REVISION
-(from `gcloud run revisions list --service=FUNCTION --region=REGION`), to that one; with
---to-latest, back to the newest. The next build's deploy sends all traffic to its new revision.
-Migrations are not undone: the earlier code runs on today's schema (docs/operations.md).
+A Cloud Run function runs as the Cloud Run service of the same name, one revision per deploy.
+Only revisions the build promoted (smoke-tested, then given all traffic; each keeps a tag
+promoted-NNNNN) are targets: a candidate that failed its smoke test never is. With no argument,
+all traffic goes to the promoted revision before the one serving now; with REVISION, to that one
+(it must have been promoted); with --to-latest, to the newest promoted revision. The next build
+moves traffic again, after its own smoke test. Migrations are not undone: the earlier code runs on
+today's schema (docs/operations.md).
 
 Settings (environment variables; default after the colon):
 EOF
@@ -43,26 +45,25 @@ require_gcloud
 load_settings
 where=(--region="$REGION" --project="$PROJECT")
 
+# What the service routes, one traffic entry a line: tag, revision, percent (any may be empty).
+entries="$(gcloud run services describe "$FUNCTION" "${where[@]}" --flatten='status.traffic[]' \
+  --format='value(status.traffic.tag,status.traffic.revisionName,status.traffic.percent)')"
+# Promoted revisions, newest promotion first, and the one revision serving all traffic, if any.
+promoted="$(awk -F '\t' '$1 ~ /^promoted-[0-9]+$/ { print substr($1, 10) "\t" $2 }' <<<"$entries" |
+  sort -rn | cut -f2 | awk '!seen[$0]++')"
+[ -n "$promoted" ] || die "the function $FUNCTION has no promoted revision in $REGION (did a build pass?)"
+serving="$(awk -F '\t' '$3 != "" { share[$2] += $3 } END { for (r in share) if (share[r] == 100) print r }' <<<"$entries")"
+
 if [ "$target" = LATEST ]; then
-  step "All traffic of $FUNCTION to its latest revision"
-  gcloud run services update-traffic "$FUNCTION" "${where[@]}" --to-latest --quiet
-  exit 0
-fi
-
-# Newest first, and what serves now (revision and percent, one line each).
-revisions="$(gcloud run revisions list --service="$FUNCTION" "${where[@]}" \
-  --sort-by='~metadata.creationTimestamp' --format='value(metadata.name)')"
-[ -n "$revisions" ] || die "the function $FUNCTION has no revision in $REGION (is it deployed?)"
-serving="$(gcloud run services describe "$FUNCTION" "${where[@]}" \
-  --flatten='status.traffic[]' --format='value(status.traffic.revisionName,status.traffic.percent)' |
-  awk -F '\t' '$2 == 100 { print $1 }')"
-
-if [ -z "$target" ]; then
+  target="$(head -n 1 <<<"$promoted")"
+elif [ -z "$target" ]; then
   [ -n "$serving" ] || die "traffic is split between revisions: name the one to send it all to (try --help)"
-  target="$(awk -v serving="$serving" 'found { print; exit } $0 == serving { found = 1 }' <<<"$revisions")"
-  [ -n "$target" ] || die "$serving is the oldest revision of $FUNCTION: there is none to roll back to"
-elif ! grep -Fxq -- "$target" <<<"$revisions"; then
-  die "$FUNCTION has no revision $target; its revisions, newest first: $(paste -sd ' ' <<<"$revisions")"
+  grep -Fxq -- "$serving" <<<"$promoted" ||
+    die "$serving serves but was never promoted: name a promoted revision ($(paste -sd ' ' <<<"$promoted"))"
+  target="$(awk -v serving="$serving" 'found { print; exit } $0 == serving { found = 1 }' <<<"$promoted")"
+  [ -n "$target" ] || die "$serving is the oldest promoted revision of $FUNCTION: there is none to roll back to"
+elif ! grep -Fxq -- "$target" <<<"$promoted"; then
+  die "$target was never promoted (a candidate that failed its smoke test, or unknown); promoted revisions of $FUNCTION, newest first: $(paste -sd ' ' <<<"$promoted")"
 fi
 if [ "$target" = "$serving" ]; then
   echo "$target already serves all traffic of $FUNCTION"
@@ -73,6 +74,6 @@ step "All traffic of $FUNCTION from ${serving:-several revisions} to $target"
 gcloud run services update-traffic "$FUNCTION" "${where[@]}" --to-revisions="$target=100" --quiet
 cat <<EOF
 
-Done: $target serves $FUNCTION. The next build sends all traffic to its new revision; to return
-to the latest one now: scripts/rollback.sh --to-latest
+Done: $target serves $FUNCTION. The next build moves traffic to its own candidate once that passes
+its smoke test; to return to the newest promoted revision now: scripts/rollback.sh --to-latest
 EOF

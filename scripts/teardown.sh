@@ -8,14 +8,15 @@ Usage: scripts/teardown.sh [--yes] [--help]
 
 Deletes, in this order, whatever of it still exists:
   - the function FUNCTION in REGION (the build deployed it);
-  - the Cloud SQL instance INSTANCE, with every database, all data and its backups, after you type
+  - the Cloud SQL instance INSTANCE, with every database and its automated backups, after you type
     the instance's name to confirm (--yes: without asking); only then is its deletion protection
-    turned off. Without a terminal and without --yes the instance is kept, protected, and so are
+    turned off. A final backup is taken and kept FINAL_BACKUP_DAYS days (default 30, at most 365):
+    docs/operations.md says how to restore it. Without a terminal and without --yes the instance is kept, protected, and so are
     its databases and database users;
   - with DB_IP_TYPE=private, the Cloud Build private pool BUILD_POOL (default FUNCTION-builds);
   - the alert policies and log-based metrics scripts/alerts.sh made (named after FUNCTION);
-  - every project role of RUNTIME_SA and MIGRATOR_SA, then the two service accounts (the grants
-    made on them go with them).
+  - every project role of RUNTIME_SA, MIGRATOR_SA, TESTER_SA and BUILDER_SA, then the four service
+    accounts (the grants made on them go with them).
 It keeps the enabled APIs (other resources of the project may use them), and it lists at the end
 what the builds left behind: Cloud Storage buckets and the function's images.
 Run it as a project Owner, with the settings you gave scripts/bootstrap.sh.
@@ -34,13 +35,16 @@ fi
 
 require_gcloud
 load_settings
+FINAL_BACKUP_DAYS="${FINAL_BACKUP_DAYS:-30}"
+[[ "$FINAL_BACKUP_DAYS" =~ ^[0-9]+$ ]] && [ "$FINAL_BACKUP_DAYS" -ge 1 ] && [ "$FINAL_BACKUP_DAYS" -le 365 ] ||
+  die "FINAL_BACKUP_DAYS=$FINAL_BACKUP_DAYS: expected 1 to 365"
 
 echo "Project $PROJECT, region $REGION, instance $INSTANCE, function $FUNCTION"
 echo "Runtime $RUNTIME_SA, migrator $MIGRATOR_SA"
 
-step "Function $FUNCTION"
-if gcloud functions describe "$FUNCTION" --gen2 --region="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
-  gcloud functions delete "$FUNCTION" --gen2 --region="$REGION" --project="$PROJECT" --quiet
+step "Function $FUNCTION (its Cloud Run service)"
+if gcloud run services describe "$FUNCTION" --region="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
+  gcloud run services delete "$FUNCTION" --region="$REGION" --project="$PROJECT" --quiet
 else
   echo "    not found"
 fi
@@ -72,7 +76,11 @@ if gcloud sql instances describe "$INSTANCE" --project="$PROJECT" >/dev/null 2>&
       echo "    turning deletion protection off"
       gcloud sql instances patch "$INSTANCE" --project="$PROJECT" --no-deletion-protection --quiet
     fi
-    gcloud sql instances delete "$INSTANCE" --project="$PROJECT" --quiet
+    # A final backup, kept FINAL_BACKUP_DAYS after the instance is gone (docs/operations.md, "Restore
+    # a deleted instance from its final backup").
+    gcloud sql instances delete "$INSTANCE" --project="$PROJECT" --quiet \
+      --enable-final-backup --final-backup-retention-days="$FINAL_BACKUP_DAYS"
+    echo "    a final backup is kept for $FINAL_BACKUP_DAYS days: gcloud sql backups list --project=$PROJECT (no --instance: the project-level backups)"
   else
     echo "    its IAM database users $MIGRATOR_DB_USER and $RUNTIME_DB_USER stay; once the service"
     echo "    accounts are gone they cannot log in (gcloud sql users delete ... removes them)"
@@ -110,7 +118,7 @@ step "Service accounts and their project roles"
 # those are removed too, so a second run cleans up after an interrupted first one.
 policy="$(gcloud projects get-iam-policy "$PROJECT" --flatten='bindings[].members' \
   --format='value(bindings.role,bindings.members)')"
-for sa in "$RUNTIME_SA" "$MIGRATOR_SA"; do
+for sa in "$RUNTIME_SA" "$MIGRATOR_SA" "$TESTER_SA" "$BUILDER_SA"; do
   while IFS=$'\t' read -r role member; do
     case "$member" in
       "serviceAccount:$sa" | "deleted:serviceAccount:$sa?uid="*)
@@ -137,8 +145,8 @@ Done. Left in the project, if you want them gone too:
     use them): gcloud services vpc-peerings delete --network=${NETWORK} --project=${PROJECT}, then
     gcloud compute addresses delete google-managed-services-${NETWORK} --global --project=${PROJECT};
   - the builds' sources: gcloud storage buckets list --project=${PROJECT} (${PROJECT}_cloudbuild,
-    and gcf-v2-sources-* and gcf-v2-uploads-* for the function), then gcloud storage rm -r gs://BUCKET;
-  - the function's images, in the gcf-artifacts repository of ${REGION}:
-    gcloud artifacts repositories delete gcf-artifacts --location=${REGION} --project=${PROJECT}
-    (it holds the images of every function of the region).
+    and run-sources-* for the function), then gcloud storage rm -r gs://BUCKET;
+  - the function's images, in the cloud-run-source-deploy repository of ${REGION}:
+    gcloud artifacts repositories delete cloud-run-source-deploy --location=${REGION} --project=${PROJECT}
+    (it holds the images of every source deploy of the region).
 EOF

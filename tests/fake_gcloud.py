@@ -103,6 +103,19 @@ class Gcloud:
             return {"RUNTIME_SA": arguments[0], "MIGRATOR_SA": arguments[0]}
         if path == ["run", "services", "update-traffic"] and arguments[0] in self.state["functions"]:
             return {"RUNTIME_SA": self.state["functions"][arguments[0]]["service_account"]}
+        if path == ["run", "deploy"]:
+            return {
+                "RUNTIME_SA": flags["service-account"],
+                "BUILDER_SA": flags["build-service-account"].rsplit("/", 1)[-1],
+            }
+        if path == ["builds", "submit"]:
+            build_account = _build_service_account(flags["config"], self.state["project"])
+            bucket = f"gs://{self.state['project']}_cloudbuild"
+            return {"TESTER_SA": build_account, "MIGRATOR_SA": build_account, "SOURCE_BUCKET": bucket}
+        if path[:2] == ["storage", "buckets"] and arguments:
+            return {"SOURCE_BUCKET": arguments[0]}
+        if path == ["storage", "ls"]:
+            return {"SOURCE_BUCKET": "gs://" + arguments[0].removeprefix("gs://").split("/", 1)[0]}
         return {}
 
     def _config_get_value(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -175,6 +188,7 @@ class Gcloud:
             "settings.backupConfiguration.pointInTimeRecoveryEnabled": str(instance.get("pitr", False)),
             "settings.deletionProtectionEnabled": str(instance.get("deletion_protection", False)),
             "settings.ipConfiguration.privateNetwork": instance.get("private_network", ""),
+            "settings.maintenanceWindow.day": str(instance.get("maintenance_window", {}).get("day", "")),
         }
         requested = flags.get("format", "")
         if requested.startswith("value[separator"):
@@ -229,6 +243,12 @@ class Gcloud:
             raise Refused("INVALID_ARGUMENT: Enterprise edition keeps 1 to 7 days of transaction logs")
         if "deletion-protection" in flags:
             instance["deletion_protection"] = True
+        if "maintenance-window-day" in flags:
+            day = ["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"].index(flags["maintenance-window-day"]) + 1
+            hour = int(flags["maintenance-window-hour"])
+            if not 0 <= hour <= 23:
+                raise Refused("INVALID_ARGUMENT: the maintenance window's hour is 0 to 23")
+            instance["maintenance_window"] = {"day": day, "hour": hour}
 
     def _private_ip(self, instance: dict[str, Any], network: str) -> None:
         """A private IP needs Private Service Access on the network (a range and the peering)."""
@@ -240,6 +260,11 @@ class Gcloud:
     def _sql_instances_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
         if self._instance(arguments[0]).get("deletion_protection"):
             raise Refused(f"FAILED_PRECONDITION: the instance {arguments[0]} has deletion protection enabled")
+        if "enable-final-backup" in flags:
+            days = int(flags.get("final-backup-retention-days", "30"))
+            if not 1 <= days <= 365:
+                raise Refused("INVALID_ARGUMENT: the final backup is kept 1 to 365 days")
+            self.state.setdefault("final_backups", []).append({"instance": arguments[0], "days": days})
         del self.state["instances"][arguments[0]]
         return ""
 
@@ -293,8 +318,82 @@ class Gcloud:
             "network": network,
             # The Cloud Functions API deploys with allTrafficOnLatestRevision: the new revision takes it all.
             "traffic": {revisions[-1]: 100},
+            "managed_by": "cloudfunctions",
         }
         return ""
+
+    def _functions_detach(self, arguments: list[str], flags: dict[str, str]) -> str:
+        """The function becomes a plain Cloud Run service: same URL, same revisions, same traffic."""
+        function = self.state["functions"].get(arguments[0])
+        if function is None or function.get("managed_by") != "cloudfunctions":
+            raise Refused(f"Function [{arguments[0]}] does not exist.")
+        function["managed_by"] = "run"
+        return f"Function {arguments[0]} has been detached successfully!"
+
+    # ---- Cloud Run: a function deployed through the Cloud Run Admin API -------------------------
+    def _run_deploy(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert flags.get("function") == "api" and flags.get("source") == ".", flags
+        assert flags.get("base-image") == "python312", flags
+        name = arguments[0]
+        function = self.state["functions"].get(name)
+        if function is None and "no-traffic" in flags:
+            # The CLI's own refusal (command_lib/run/config_changes.py).
+            raise Refused("--no-traffic not supported when creating a new service.")
+        if function is not None and function.get("managed_by") == "cloudfunctions":
+            raise Refused(
+                f"FAILED_PRECONDITION: service {name} is managed by Cloud Functions: gcloud functions detach {name}"
+            )
+        network = {name: flags[name] for name in ("network", "subnet", "vpc-egress") if name in flags}
+        assert not network or len(network) == 3, (
+            f"Direct VPC egress takes a network, a subnet and the egress: {network}"
+        )
+        # The nested source build runs as the build service account: it needs what its page lists.
+        builder = "serviceAccount:" + flags["build-service-account"].rsplit("/", 1)[-1]
+        for need in iam_model.needs():
+            if need.step == "function build" and not iam_model.holds(self.state, builder, need.permission, "project"):
+                raise Refused(f"the build of {name} failed: {builder} lacks {need.permission}")
+        if function is None:
+            function = self.state["functions"][name] = {"policy": {}, "revisions": [], "traffic": {}, "tags": {}}
+        revisions = function.setdefault("revisions", [])
+        revisions.append(f"{name}-{len(revisions) + 1:05d}-x")
+        function |= {
+            "region": flags["region"],
+            "service_account": flags["service-account"],
+            "build_service_account": flags["build-service-account"],
+            "uri": self._service_url(name),
+            "environment": dict(item.split("=", 1) for item in flags["set-env-vars"].split(",")),
+            "network": network,
+            "managed_by": "run",
+        }
+        if "no-traffic" not in flags:
+            function["traffic"] = {revisions[-1]: 100}
+        if "tag" in flags:
+            function.setdefault("tags", {})[flags["tag"]] = revisions[-1]
+        return ""
+
+    def _service_url(self, name: str) -> str:
+        base = self.state.get("function_uri")
+        return f"{base}/s/{name}" if base else f"https://{name}-fake.a.run.app"
+
+    def _tag_url(self, name: str, tag: str) -> str:
+        base = self.state.get("function_uri")
+        return f"{base}/t/{tag}/{name}" if base else f"https://{tag}---{name}-fake.a.run.app"
+
+    def _traffic_entries(self, name: str, function: dict[str, Any]) -> list[dict[str, str]]:
+        """status.traffic as Cloud Run reports it: a revision's share and its tags in one entry."""
+        entries = []
+        tags_of: dict[str, list[str]] = {}
+        for tag, revision in function.get("tags", {}).items():
+            tags_of.setdefault(revision, []).append(tag)
+        for revision, percent in function["traffic"].items():
+            tags = tags_of.pop(revision, [])
+            entries.append({"revisionName": revision, "percent": str(percent), "tag": tags[0] if tags else ""})
+            entries += [{"revisionName": revision, "percent": "", "tag": tag} for tag in tags[1:]]
+        for revision, tags in tags_of.items():
+            entries += [{"revisionName": revision, "percent": "", "tag": tag} for tag in tags]
+        for entry in entries:
+            entry["url"] = self._tag_url(name, entry["tag"]) if entry["tag"] else ""
+        return entries
 
     # ---- the function's Cloud Run service ------------------------------------------------------
     def _run_revisions_list(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -305,20 +404,58 @@ class Gcloud:
 
     def _run_services_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
         function = self._service(arguments[0], flags)
+        requested = flags.get("format", "")
+        if requested == "value(metadata.labels)":
+            managed_by = function.get("managed_by", "cloudfunctions")
+            return "goog-managed-by=cloudfunctions" if managed_by == "cloudfunctions" else ""
+        if not requested:
+            return f"metadata:\n  name: {arguments[0]}"
+        if requested == "value(status.latestCreatedRevisionName,status.url)":
+            return f"{function['revisions'][-1]}\t{function.get('uri', self._service_url(arguments[0]))}"
         assert flags.get("flatten") == "status.traffic[]", flags
-        assert flags.get("format") == "value(status.traffic.revisionName,status.traffic.percent)", flags
-        return "\n".join(f"{revision}\t{percent}" for revision, percent in function["traffic"].items())
+        fields = requested.removeprefix("value(").removesuffix(")").split(",")
+        known = {"status.traffic." + key for key in ("revisionName", "percent", "tag", "url")}
+        assert requested.startswith("value(") and set(fields) <= known, f"the stand-in knows no --format={requested}"
+        return "\n".join(
+            "\t".join(entry[field.removeprefix("status.traffic.")] for field in fields)
+            for entry in self._traffic_entries(arguments[0], function)
+        )
 
     def _run_services_update_traffic(self, arguments: list[str], flags: dict[str, str]) -> str:
         function = self._service(arguments[0], flags)
+        tags = function.setdefault("tags", {})
+        for tag in filter(None, flags.get("remove-tags", "").split(",")):
+            tags.pop(tag, None)
+        for item in filter(None, flags.get("update-tags", "").split(",")):
+            tag, revision = item.split("=", 1)
+            if revision not in function["revisions"]:
+                raise Refused(f"NOT_FOUND: revision {revision} of service {arguments[0]}")
+            tags[tag] = revision
         if "to-latest" in flags:
             function["traffic"] = {function["revisions"][-1]: 100}
             return ""
-        targets = dict(item.split("=", 1) for item in flags["to-revisions"].split(","))
+        targets: dict[str, int] = {}
+        for item in filter(None, flags.get("to-revisions", "").split(",")):
+            revision, percent = item.split("=", 1)
+            targets[function["revisions"][-1] if revision == "LATEST" else revision] = int(percent)
+        for item in filter(None, flags.get("to-tags", "").split(",")):
+            tag, percent = item.split("=", 1)
+            if tag not in tags:
+                raise Refused(f"NOT_FOUND: tag {tag} of service {arguments[0]}")
+            targets[tags[tag]] = int(percent)
+        if not targets:
+            return ""
         unknown = set(targets) - set(function["revisions"])
         if unknown:
             raise Refused(f"NOT_FOUND: revision {sorted(unknown)} of service {arguments[0]}")
-        function["traffic"] = {revision: int(percent) for revision, percent in targets.items()}
+        if sum(targets.values()) != 100:
+            raise Refused(f"INVALID_ARGUMENT: the traffic percentages add up to {sum(targets.values())}, not 100")
+        function["traffic"] = targets
+        return ""
+
+    def _run_services_delete(self, arguments: list[str], flags: dict[str, str]) -> str:
+        self._service(arguments[0], flags)
+        del self.state["functions"][arguments[0]]
         return ""
 
     def _service(self, name: str, flags: dict[str, str]) -> dict[str, Any]:
@@ -374,6 +511,51 @@ class Gcloud:
         if self.state.setdefault("worker_pools", {}).pop(arguments[0], None) is None:
             raise Refused(f"NOT_FOUND: worker pool {arguments[0]}")
         return ""
+
+    # ---- builds ----------------------------------------------------------------------------------
+    def _builds_submit(self, arguments: list[str], flags: dict[str, str]) -> str:
+        """Records the build; its steps are not run here (tests run them step by step)."""
+        account = _build_service_account(flags["config"], self.state["project"])
+        if account not in self.state["service_accounts"]:
+            raise Refused(f"INVALID_ARGUMENT: service account {account} does not exist")
+        objects = self.state.setdefault("objects", [])
+        if arguments and arguments[0].startswith("gs://"):
+            if arguments[0] not in objects:
+                raise Refused(f"NOT_FOUND: {arguments[0]}")
+            source = arguments[0]
+        else:
+            staging = flags.get("gcs-source-staging-dir", f"gs://{self.state['project']}_cloudbuild/source")
+            source = f"{staging}/{len(objects) + 1:04d}-source.tgz"
+            objects.append(source)
+        builds = self.state.setdefault("builds", [])
+        builds.append({"config": Path(flags["config"]).name, "service_account": account, "source": source})
+        if self.state.get("failing_builds") and Path(flags["config"]).name in self.state["failing_builds"]:
+            raise Refused(f"build {len(builds)} completed with status FAILURE")
+        return f"build {len(builds)}: SUCCESS"
+
+    def _storage_buckets_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if arguments[0] not in self.state.setdefault("buckets", {}):
+            raise Refused(f"NOT_FOUND: bucket {arguments[0]} does not exist")
+        return f"name: {arguments[0]}"
+
+    def _storage_buckets_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        assert "uniform-bucket-level-access" in flags, "bucket-level IAM needs uniform access"
+        buckets = self.state.setdefault("buckets", {})
+        if arguments[0] in buckets:
+            raise Refused(f"HTTPError 409: The requested bucket name {arguments[0]} is not available.")
+        buckets[arguments[0]] = {"policy": {}, "location": flags["location"]}
+        return ""
+
+    def _storage_buckets_add_iam_policy_binding(self, arguments: list[str], flags: dict[str, str]) -> str:
+        bucket = self.state.setdefault("buckets", {}).get(arguments[0])
+        if bucket is None:
+            raise Refused(f"NOT_FOUND: bucket {arguments[0]} does not exist")
+        self._bind(bucket["policy"], flags["member"], flags["role"])
+        return ""
+
+    def _storage_ls(self, arguments: list[str], flags: dict[str, str]) -> str:
+        prefix = arguments[0]
+        return "\n".join(name for name in self.state.setdefault("objects", []) if name.startswith(prefix))
 
     # ---- alerts --------------------------------------------------------------------------------
     def _logging_metrics_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -470,6 +652,16 @@ class Gcloud:
         return TOKEN_PREFIX + base64.urlsafe_b64encode(claims).decode()
 
 
+def _build_service_account(config: str, project: str) -> str:
+    """The email a build config's `serviceAccount` names, with its substitutions' defaults applied."""
+    loaded = _config(config)
+    text = loaded["serviceAccount"]
+    values = {"PROJECT_ID": project, **loaded.get("substitutions", {})}
+    for _ in range(3):  # dynamic substitutions: a default may itself name one
+        text = re.sub(r"\$\{?(\w+)\}?", lambda match: str(values[match[1]]), text)
+    return str(text.rsplit("/", 1)[-1])
+
+
 def _config(path: str) -> dict[str, Any]:
     """A --config-from-file or --policy-from-file: YAML (JSON is YAML too), parsed as gcloud does."""
     sys.path.append(os.environ["FAKE_GCLOUD_YAML_PATH"])
@@ -480,12 +672,35 @@ def _config(path: str) -> dict[str, Any]:
     return loaded
 
 
+FILE_FLAGS = re.compile(r"^--(config|[a-z-]+-from-file)=(.+)$")
+
+
+def record(args: list[str]) -> None:
+    """With FAKE_GCLOUD_RECORD set: the call appended to calls.jsonl there, each file it names
+    copied beside it (gcloud reads them while it parses, so a replay needs them)."""
+    folder = os.environ.get("FAKE_GCLOUD_RECORD")
+    if not folder:
+        return
+    recorded = []
+    for arg in args:
+        named = FILE_FLAGS.match(arg)
+        if named and Path(named[2]).is_file():
+            copy = Path(folder) / "files" / f"{len(list(Path(folder).glob('files/*')))}-{Path(named[2]).name}"
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(Path(named[2]).read_bytes())
+            arg = f"--{named[1]}={copy}"
+        recorded.append(arg)
+    with open(Path(folder) / "calls.jsonl", "a") as calls:
+        calls.write(json.dumps(recorded) + "\n")
+
+
 def main() -> int:
     state_file = Path(os.environ["FAKE_GCLOUD_STATE"])
     state = json.loads(state_file.read_text())
     account = os.environ["FAKE_GCLOUD_ACCOUNT"]
     words = [word for word in sys.argv[1:] if word not in ("--quiet", "-q")]
     state["calls"].append({"account": account, "args": sys.argv[1:]})
+    record(sys.argv[1:])
     gcloud = Gcloud(state, account)
     try:
         output = gcloud.run(words)
@@ -539,6 +754,7 @@ def environment(bin_dir: Path, state_file: Path, account: str, **settings: str) 
     """The environment a script runs in: the stand-in first on PATH, none of the real gcloud's settings."""
     settings_names = {
         *("PROJECT", "REGION", "INSTANCE", "DB_NAME", "FUNCTION", "RUNTIME_SA", "MIGRATOR_SA", "SUBMITTER"),
+        *("TESTER_SA", "BUILDER_SA"),
         *("DB_IP_TYPE", "NETWORK", "SUBNET", "BUILD_POOL", "BACKUP_START_TIME", "ALERT_EMAIL"),
     }
     kept = {

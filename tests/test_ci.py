@@ -34,3 +34,13 @@ def test_a_workflow_runs_ci_run_on_push_and_pull_request() -> None:
 def test_ci_run_is_lint_then_the_readme_test_command() -> None:
     lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[-2:] == ["make lint", "make test"], lines
+
+
+def test_every_action_is_pinned_by_commit() -> None:
+    """A tag can be moved to other code; a commit cannot."""
+    for path, workflow in _workflows().items():
+        for job in workflow["jobs"].values():
+            for step in job["steps"]:
+                if "uses" in step:
+                    _action, _, ref = str(step["uses"]).partition("@")
+                    assert len(ref) == 40 and all(c in "0123456789abcdef" for c in ref), f"{path.name}: {step['uses']}"

@@ -3,10 +3,15 @@
 scripts/grant_roles.sh runs migrations/roles.sql as the non-superuser admin, through a stand-in
 proxy; `alembic upgrade head` runs as the migrator; the function (functions-framework, main.api)
 serves as the runtime user and is driven through HTTP. The runtime must be able to use its rows and
-nothing more, and a later migration must still work once the runtime has written rows.
+nothing more, and a later migration must still work once the runtime has written rows. The
+build's least-privilege check (scripts/least_privilege.py) passes on these grants and fails on a
+runtime user that is a cloudsqlsuperuser, may create in the schema or may write alembic_version.
 """
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import pytest
 from tests import cloud_sql_roles
 from tests.cloud_sql_roles import CloudSqlShape
 from tests.function_server import serve_function
-from tests.helpers import fetch, migrations_with_revision, unique
+from tests.helpers import ROOT, fetch, libpq_url, migrations_with_revision, unique, with_database
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +173,81 @@ def test_roles_sql_stops_at_its_first_error_and_changes_nothing(shape: CloudSqlS
         fetch(shape.url(shape.admin, second), "SELECT datacl FROM pg_database WHERE datname = $1", second)
     )
     assert acl[0] is None, acl
+
+
+def least_privilege(shape: CloudSqlShape) -> subprocess.CompletedProcess[str]:
+    """The build's least-privilege step, connected as the migrator (as the migrations are)."""
+    environment = os.environ | {"DATABASE_URL": shape.url(shape.migrator), "PYTHONPATH": str(ROOT)}
+    environment.pop("INSTANCE_CONNECTION_NAME", None)
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "least_privilege.py"),
+        f"--runtime-user={shape.runtime_sa}",
+        f"--superuser-role={shape.group}",
+    ]
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_the_least_privilege_check_passes_on_the_grants_roles_sql_makes(granted: CloudSqlShape) -> None:
+    result = least_privilege(granted)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f'"{granted.runtime}" is no member of {granted.group}' in result.stdout
+
+
+@pytest.mark.parametrize("through", ["directly", "through another role"])
+def test_the_least_privilege_check_fails_when_the_runtime_is_a_cloudsqlsuperuser(
+    granted: CloudSqlShape, through: str
+) -> None:
+    """As Cloud SQL might make it, when `gcloud sql users create` names no database roles."""
+    middle = f"middle_{granted.run_id}"
+    if through == "directly":
+        grant, undo = (
+            [f'GRANT "{granted.group}" TO "{granted.runtime}"'],
+            [f'REVOKE "{granted.group}" FROM "{granted.runtime}"'],
+        )
+    else:
+        grant = [
+            f'CREATE ROLE "{middle}" NOLOGIN IN ROLE "{granted.group}"',
+            f'GRANT "{middle}" TO "{granted.runtime}"',
+        ]
+        undo = [f'DROP ROLE "{middle}"']
+    asyncio.run(cloud_sql_roles._as_superuser(granted.server_url, *grant))
+    try:
+        result = least_privilege(granted)
+    finally:
+        asyncio.run(cloud_sql_roles._as_superuser(granted.server_url, *undo))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f'"{granted.runtime}" is a member of {granted.group}' in result.stdout
+    assert f'REVOKE {granted.group} FROM "{granted.runtime}"' in result.stdout
+    assert least_privilege(granted).returncode == 0, "and passes again once revoked"
+
+
+def test_the_least_privilege_check_fails_when_the_runtime_may_create_or_write_alembic_version(
+    granted: CloudSqlShape,
+) -> None:
+    grants = [
+        f'GRANT CREATE ON SCHEMA public TO "{granted.runtime}"',
+        f'GRANT INSERT ON alembic_version TO "{granted.runtime}"',
+    ]
+    undo = [
+        f'REVOKE CREATE ON SCHEMA public FROM "{granted.runtime}"',
+        f'REVOKE INSERT ON alembic_version FROM "{granted.runtime}"',
+    ]
+    asyncio.run(_execute_many(granted, grants))
+    try:
+        result = least_privilege(granted)
+    finally:
+        asyncio.run(_execute_many(granted, undo))
+    assert result.returncode == 1
+    assert "may create in schema public" in result.stdout
+    assert "may write public.alembic_version" in result.stdout
+
+
+async def _execute_many(shape: CloudSqlShape, statements: list[str]) -> None:
+    """As the superuser, in the shape's database (grants no Cloud SQL user could make, to be caught)."""
+    connection = await asyncpg.connect(libpq_url(with_database(shape.server_url, shape.database)))
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()

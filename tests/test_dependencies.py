@@ -29,3 +29,15 @@ def test_requirements_txt_holds_every_runtime_dependency_and_no_dev_tool() -> No
     dev = {requirement.split("==")[0].split("[")[0].lower() for requirement in project["dependency-groups"]["dev"]}
     assert declared <= pinned, declared - pinned
     assert not dev & pinned, dev & pinned
+
+
+def test_requirements_locked_txt_is_the_hashed_export_of_uv_lock() -> None:
+    """What the deploy build's migrator installs with --require-hashes: the same pins, each with hashes."""
+    export = [uv(), "export", "--frozen", "--quiet", "--no-dev", "--no-emit-project"]
+    exported = subprocess.run(export, cwd=ROOT, capture_output=True, text=True, check=True, timeout=60).stdout
+    committed = (ROOT / "requirements-locked.txt").read_text()
+    assert _requirements(committed) == _requirements(exported), (
+        "requirements-locked.txt is not the hashed runtime part of uv.lock: run `make lock` and commit it"
+    )
+    pins = [line for line in _requirements(committed) if "==" in line]
+    assert pins and all(line.rstrip().endswith("\\") for line in pins), "every pin needs its --hash lines"

@@ -27,6 +27,8 @@ PROJECT = "demo-project"
 OWNER = fake_gcloud.OWNER
 MIGRATOR_SA = f"projects-api-migrator@{PROJECT}.iam.gserviceaccount.com"
 RUNTIME_SA = f"projects-api@{PROJECT}.iam.gserviceaccount.com"
+TESTER_SA = f"projects-api-tester@{PROJECT}.iam.gserviceaccount.com"
+BUILDER_SA = f"projects-api-builder@{PROJECT}.iam.gserviceaccount.com"
 
 
 def bash() -> str:
@@ -48,7 +50,14 @@ def after_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = project.run("bootstrap.sh", ALERT_EMAIL="oncall@example.com")
     assert result.returncode == 0, result.stdout + result.stderr
     state = project.state
-    state["functions"]["projects-api"] = {"policy": {}, "region": "europe-west1", "service_account": RUNTIME_SA}
+    state["functions"]["projects-api"] = {
+        "policy": {},
+        "region": "europe-west1",
+        "service_account": RUNTIME_SA,
+        "managed_by": "run",
+        "revisions": ["projects-api-00001-x"],
+        "traffic": {"projects-api-00001-x": 100},
+    }
     return state
 
 
@@ -82,10 +91,16 @@ def test_help_and_a_wrong_argument_call_no_gcloud(project: Project, script: str)
 
 def test_bootstrap_builds_the_project_and_a_second_run_changes_nothing(bootstrapped: Project) -> None:
     state = bootstrapped.state
-    assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA}
+    assert set(state["service_accounts"]) == {MIGRATOR_SA, RUNTIME_SA, TESTER_SA, BUILDER_SA}
+    source_bucket = state["buckets"][f"gs://{PROJECT}_cloudbuild"]
+    readers = source_bucket["policy"]["roles/storage.objectViewer"]
+    assert readers == [f"serviceAccount:{TESTER_SA}", f"serviceAccount:{MIGRATOR_SA}"], (
+        "read rights on this bucket only"
+    )
     (instance,) = state["instances"].values()
     assert instance["flags"] == {"cloudsql.iam_authentication": "on"}
     assert instance["backups"] and instance["pitr"] and instance["deletion_protection"]
+    assert instance["maintenance_window"] == {"day": 7, "hour": 4}, "Sundays at 04:00 UTC, not any hour"
     assert "private_network" not in instance and instance["public_ip"]
     assert "app" in instance["databases"]
     assert {f"projects-api-migrator@{PROJECT}.iam", f"projects-api@{PROJECT}.iam"} <= set(instance["users"])
@@ -126,11 +141,22 @@ def test_the_private_path_bootstrap_builds_every_piece_and_a_second_run_changes_
     assert instance["private_network"] == f"projects/{PROJECT}/global/networks/shared"
     assert instance["public_ip"], "kept until the first build has passed: grant_roles.sh reaches it"
     assert state["worker_pools"] == {"projects-api-builds": {"region": "europe-west1", "network": "shared"}}
-    submit = re.sub(r"\\\n\s*", " ", result.stdout)
+    printed = " ".join(re.sub(r"\\\n", " ", result.stdout).split())
+    pool = "BUILD_POOL=projects-api-builds"
+    assert f"DB_IP_TYPE=private NETWORK=shared SUBNET=shared {pool} scripts/submit.sh" in printed
+    # The printed release command: its deploy build runs in the pool, with the private path's substitutions.
+    before_submit = len(project.state["calls"])
+    submitted = project.run(
+        "submit.sh", DB_IP_TYPE="private", NETWORK="shared", SUBNET="shared", BUILD_POOL="projects-api-builds"
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    builds = [args for args in project.calls(before_submit) if args[:2] == ["builds", "submit"]]
+    assert len(builds) == 2 and not any("--worker-pool" in arg for arg in builds[0]), "the tests need no database"
+    submit = " ".join(builds[1])
     assert (
         f"--worker-pool=projects/{PROJECT}/locations/europe-west1/workerPools/projects-api-builds" in submit
         and ",_DB_IP_TYPE=private,_NETWORK=shared,_SUBNET=shared" in submit
-    ), result.stdout
+    ), submit
     assert f"gcloud sql instances patch projects-db --project={PROJECT} --no-assign-ip" in result.stdout
     before = len(state["calls"])
     again = project.run("bootstrap.sh", DB_IP_TYPE="private", NETWORK="shared")
@@ -172,6 +198,7 @@ def test_teardown_deletes_everything_bootstrap_made_and_a_second_run_finds_nothi
     calls = bootstrapped.calls(started)
     sql_calls = [args[2] for args in calls if args[:2] == ["sql", "instances"] and args[2] != "describe"]
     assert sql_calls == ["patch", "delete"], "deletion protection is lifted just before the delete"
+    assert state["final_backups"] == [{"instance": "projects-db", "days": 30}], "a final backup, kept 30 days"
     assert state["policies"] == {} and state["log_metrics"] == {}
     assert len(state["channels"]) == 1, "the e-mail channel is listed, not deleted: other policies may use it"
     members = {member for members in state["project_policy"].values() for member in members}
