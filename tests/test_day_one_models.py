@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
+from types import SimpleNamespace
 from typing import ClassVar
 
 import asyncpg
@@ -31,7 +32,7 @@ from app.core.models import Audited, AuditedPublic, InputSchema
 from app.core.settings import Settings
 from app.core.web.idempotency import AnswerStored, IdempotencyDep
 from app.core.web.openapi import NOT_MODIFIED
-from app.core.web.resources import RenderedJSON, conditional_response, resource_response
+from app.core.web.resources import RenderedJSON, RowShape, conditional_response, resource_response, shape_of
 from tests.helpers import asgi_client, libpq_url, run_alembic, unique
 
 
@@ -273,3 +274,27 @@ def test_a_default_that_needs_the_orm_context_refuses_to_start(monkeypatch: pyte
     monkeypatch.setattr(SQLModel, "metadata", metadata)
     with pytest.raises(UnsupportedDefault, match=r"odd\.stamp"):
         app.api.create_app(Settings(database_url="postgresql+asyncpg://nobody@localhost/none"))
+
+
+class Owner(SQLModel):
+    id: uuid.UUID
+    name: str
+
+
+class NoteWithOwner(NotePublic):
+    owner: Owner | None = None
+
+
+@pytest.mark.parametrize(
+    ("response_model", "rows_take"),
+    [
+        (NotePublic, NotePublic),
+        (Page[NotePublic], NotePublic),
+        (list[NotePublic], NotePublic),
+        (NoteWithOwner, NoteWithOwner),
+    ],
+)
+def test_a_row_takes_the_shape_of_its_own_model_even_with_a_nested_one(response_model: object, rows_take: type) -> None:
+    """A model with a nested model is still the row's own shape; only collections hold rows."""
+    shape = shape_of(SimpleNamespace(response_model=response_model, methods={"GET"}, path="/x"))
+    assert isinstance(shape, RowShape) and shape.model is rows_take

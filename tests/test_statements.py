@@ -1,11 +1,17 @@
 """Statement: which values it fills itself (literals, Python-side defaults and onupdates) and which the caller must."""
 
 import itertools
+from typing import Any
 
+import asyncpg
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, insert, select, update
+from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlmodel import col
 
-from app.core.db.statements import Statement, UnsupportedDefault, check_python_defaults
+from app.core.db.statements import Statement, UnsupportedDefault, UnsupportedStatement, check_python_defaults
+from app.tasks.models import Task
+from tests.helpers import libpq_url
 
 _counter = itertools.count()
 metadata = MetaData()
@@ -53,3 +59,28 @@ def test_a_default_that_takes_the_execution_context_is_refused_naming_the_column
     with pytest.raises(UnsupportedDefault, match=r"odd\.stamp: .*default_factory"):
         Statement(insert(odd).values(id=bindparam("id")))
     check_python_defaults(metadata)  # the supported kinds pass
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        lambda: col(Task.status).in_(["todo", "done"]),
+        lambda: col(Task.status).in_(bindparam("statuses", expanding=True)),
+    ],
+    ids=["in_ with a list", "an expanding bindparam"],
+)
+def test_an_in_list_is_refused_when_compiled_naming_the_fix(condition: Any) -> None:
+    with pytest.raises(UnsupportedStatement, match=r"func\.any\(bindparam"):
+        Statement(select(Task.id).where(condition()))
+
+
+async def test_any_of_an_array_bindparam_is_the_way_to_filter_by_a_list(database_url: str) -> None:
+    statement = Statement(
+        select(Task.id).where(col(Task.status) == func.any(bindparam("statuses", type_=ARRAY(String))))
+    )
+    connection = await asyncpg.connect(libpq_url(database_url))
+    try:
+        rows = await statement.fetch(connection, statuses=["no such status"])
+        assert rows == []  # it ran: the list went as one array parameter
+    finally:
+        await connection.close()

@@ -26,6 +26,10 @@ def escape_like(text: str) -> str:
     return text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%").replace("_", LIKE_ESCAPE + "_")
 
 
+class UnsupportedStatement(TypeError):
+    """A statement that cannot be compiled once: its SQL depends on the values of a request."""
+
+
 class UnsupportedDefault(TypeError):
     """A Python-side column default or onupdate that needs SQLAlchemy's execution context."""
 
@@ -59,6 +63,13 @@ class Statement:
 
     def __init__(self, statement: ClauseElement) -> None:
         compiled = cast(SQLCompiler, statement.compile(dialect=_DIALECT))
+        if expanding := compiled.post_compile_params | compiled.literal_execute_params:
+            names = ", ".join(sorted(bind.key for bind in expanding))
+            raise UnsupportedStatement(
+                f"the statement has values SQLAlchemy renders only per execution ({names}), which a statement "
+                "compiled once cannot hold: for a list, write `column == func.any(bindparam(name, "
+                "type_=ARRAY(...)))` and pass a Python list; for a LIMIT or OFFSET, a bindparam"
+            )
         self.sql = str(compiled)
         self._names: tuple[str, ...] = tuple(compiled.positiontup or ())
         # A bindparam("name") without a value is the caller's to fill; any other bind is a literal.

@@ -17,10 +17,10 @@ FastAPI does not validate a returned `Response` again; the shape is worked out o
 """
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from email.message import Message
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 import asyncpg
 import orjson
@@ -125,18 +125,29 @@ class _Unshaped:
 
 
 def _row_models(annotation: Any, seen: frozenset[type[BaseModel]] = frozenset()) -> set[type[BaseModel]]:
-    """The models a response model's rows take: itself when it has no nested model (`TaskPublic`),
-    else those of its fields (`Page[TaskPublic]` holds `list[TaskPublic]`)."""
+    """The models a response model's rows take: itself (`TaskPublic`, also when a field of it is
+    another model: a row is flat, the nested one is part of it), unless it holds rows in a
+    collection field (`Page[TaskPublic]`'s `items: list[TaskPublic]`): then those."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         if annotation in seen:
             return set()
-        nested: set[type[BaseModel]] = set()
+        held: set[type[BaseModel]] = set()
         for field in annotation.model_fields.values():
-            nested |= _row_models(field.annotation, seen | {annotation})
-        return nested or {annotation}
+            held |= _collected_models(field.annotation, seen | {annotation})
+        return held or {annotation}
     found: set[type[BaseModel]] = set()
     for argument in get_args(annotation):  # list[M], M | None, Annotated[M, ...], dict[str, M]
         found |= _row_models(argument, seen)
+    return found
+
+
+def _collected_models(annotation: Any, seen: frozenset[type[BaseModel]]) -> set[type[BaseModel]]:
+    """The row models inside a field's collections (list, tuple, set, dict values), not a lone model."""
+    if get_origin(annotation) in (list, tuple, set, frozenset, dict, Sequence, Mapping):
+        return _row_models(annotation, seen)
+    found: set[type[BaseModel]] = set()
+    for argument in get_args(annotation):  # Optional[list[M]], Annotated[list[M], ...]
+        found |= _collected_models(argument, seen)
     return found
 
 
