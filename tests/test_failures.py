@@ -36,6 +36,7 @@ _BREAKING = {
     "not-null": "INSERT INTO child (id, amount, label) VALUES (4, 1, NULL)",
     "foreign-key": "INSERT INTO child (id, amount, parent_id) VALUES (5, 1, 99)",
 }
+_BACKENDS: list[int] = []  # the server process of each connection a failing route held
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,14 @@ async def failing(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
     @app.get("/__test__/timeout-beside-the-database")
     async def timeout(request: Request) -> None:
         async with database_of(request).transaction() as connection:
-            await connection.fetchval("SELECT 1")
+            _BACKENDS.append(await connection.fetchval("SELECT pg_backend_pid()"))
             raise TimeoutError("an HTTP call of the handler's own timed out")
+
+    @app.get("/__test__/backend")
+    async def backend(request: Request) -> int:
+        async with database_of(request).connection() as connection:
+            pid: int = await connection.fetchval("SELECT pg_backend_pid()")
+            return pid
 
     @app.get("/__test__/socket-error-without-the-database")
     async def socket_error_alone() -> None:
@@ -95,6 +102,13 @@ async def test_a_socket_error_or_timeout_outside_the_database_is_a_500(failing: 
     body = assert_problem(await failing.get(path), 500)
     assert "database" not in body["detail"]
     assert (await failing.get("/readyz")).status_code == 200  # the connection it held went back unharmed
+
+
+async def test_a_timeout_of_other_code_keeps_the_connection_it_held(failing: httpx.AsyncClient) -> None:
+    """Discarding it would cost a new connection (through the Cloud SQL connector: a TLS handshake
+    and an IAM login) for an error that was never the database's."""
+    assert_problem(await failing.get("/__test__/timeout-beside-the-database"), 500)
+    assert (await failing.get("/__test__/backend")).json() == _BACKENDS[-1]  # the same session, reused
 
 
 async def test_a_database_error_hidden_with_from_none_is_not_the_database_s(failing: httpx.AsyncClient) -> None:

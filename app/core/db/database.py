@@ -30,6 +30,7 @@ from app.core.db.failures import (
     TRANSIENT_CONNECT_ERRORS,
     DatabaseUnavailable,
     breaks_the_connection,
+    database_cause,
     describe,
     failure_of,
 )
@@ -92,9 +93,12 @@ class Database:
             yield connection
         except BaseException as error:
             # Never hand a broken connection to the next request, nor one whose statement was
-            # cancelled midway (a timeout or shutdown cancels the task, not the statement).
-            pool.release(connection, discard=not isinstance(error, Exception) or breaks_the_connection(error))
-            if isinstance(error, Exception) and (failure := failure_of(error, connection)) is not None:
+            # cancelled midway (a timeout or shutdown cancels the task, not the statement). An error
+            # of other code (an HTTP call that timed out) leaves the connection as good as it was.
+            cause = database_cause(error, connection) if isinstance(error, Exception) else None
+            broken = not isinstance(error, Exception) or (cause is not None and breaks_the_connection(cause))
+            pool.release(connection, discard=broken)
+            if cause is not None and (failure := failure_of(cause)) is not None:
                 if isinstance(failure, DatabaseUnavailable):
                     logger.warning("database unavailable: %s", failure.detail)
                 raise failure from error

@@ -154,22 +154,25 @@ def _raised_in_asyncpg(error: BaseException) -> bool:
     return False
 
 
-def failure_of(error: Exception, connection: asyncpg.Connection) -> Exception | None:
-    """What to raise instead of `error`, which ended a block holding `connection`: a 503 when the
-    database cannot serve now, a 409 for a violation that is the client's, an `UnexpectedViolation`
-    (a 500) for one that is a bug; None to let `error` go up as it is (a 500 if nothing handles it).
-
-    Only errors that came from the database are its: an asyncpg or pool error among the causes, or
-    a socket error or timeout that broke the connection or was raised inside asyncpg."""
+def database_cause(error: Exception, connection: asyncpg.Connection) -> BaseException | None:
+    """The database's own error behind `error`, which ended a block holding `connection`; None when
+    the error is not the database's. Only errors that came from the database are its: an asyncpg or
+    pool error among the causes, or a socket error or timeout that broke the connection or was
+    raised inside asyncpg. A timeout or socket error of other code (an HTTP call) is not."""
     if isinstance(error, ProblemError):
         return None  # decided already
-    from_database: BaseException | None = next((c for c in causes(error) if isinstance(c, DATABASE_ERRORS)), None)
-    if from_database is None:
-        if not (isinstance(error, OSError) and (connection.is_closed() or _raised_in_asyncpg(error))):
-            return None
-        from_database = error
-    if reason := unavailable_reason(from_database):
+    cause: BaseException | None = next((cause for cause in causes(error) if isinstance(cause, DATABASE_ERRORS)), None)
+    if cause is None and isinstance(error, OSError) and (connection.is_closed() or _raised_in_asyncpg(error)):
+        cause = error
+    return cause
+
+
+def failure_of(cause: BaseException) -> Exception | None:
+    """What to raise instead of the database's error `cause`: a 503 when the database cannot serve
+    now, a 409 for a violation that is the client's, an `UnexpectedViolation` (a 500) for one that
+    is a bug; None to let the error go up as it is (a 500 if nothing handles it)."""
+    if reason := unavailable_reason(cause):
         return DatabaseUnavailable(reason)
-    if isinstance(from_database, asyncpg.IntegrityConstraintViolationError):
-        return _violation(from_database)
+    if isinstance(cause, asyncpg.IntegrityConstraintViolationError):
+        return _violation(cause)
     return None
