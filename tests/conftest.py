@@ -66,6 +66,15 @@ def create_database(server_url: str) -> Iterator[Callable[[], str]]:
         asyncio.run(admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="module")
+def served(create_database: Callable[[], str]) -> Iterator[FunctionServer]:
+    """main.py served by functions-framework, as on Google Cloud, on a freshly migrated database."""
+    url = create_database()
+    run_alembic(url, "upgrade", "head")
+    with serve_function(url, source="main.py", LOG_LEVEL="WARNING") as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def database_url(create_database: Callable[[], str]) -> str:
     url = create_database()

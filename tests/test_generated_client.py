@@ -13,26 +13,18 @@ import importlib
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.function_server import FunctionServer, serve_function
-from tests.helpers import run_alembic, unique
+from tests.function_server import FunctionServer
+from tests.helpers import unique
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 PACKAGE = "generated_api_client"
-
-
-@pytest.fixture(scope="module")
-def served(create_database: Callable[[], str]) -> Iterator[FunctionServer]:
-    url = create_database()
-    run_alembic(url, "upgrade", "head")
-    with serve_function(url, source="main.py", LOG_LEVEL="WARNING") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,13 @@ Bounded for CI (SCHEMATHESIS_MAX_EXAMPLES, default 25 per operation); a larger s
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.function_server import FunctionServer, serve_function
-from tests.helpers import ROOT, run_alembic
+from tests.function_server import FunctionServer
+from tests.helpers import ROOT
 
 MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25")
 CHECKS = "not_a_server_error,app_answers_conform"
-
-
-@pytest.fixture(scope="module")
-def served(create_database: Callable[[], str]) -> Iterator[FunctionServer]:
-    url = create_database()
-    run_alembic(url, "upgrade", "head")
-    with serve_function(url, source="main.py", LOG_LEVEL="WARNING") as server:
-        yield server
 
 
 def test_every_operation_honours_the_openapi_document(served: FunctionServer) -> None:

@@ -33,7 +33,8 @@ async def open_connector(settings: Settings) -> Connector:
 def connection_factory(
     connector: Connector, settings: Settings, server_settings: dict[str, str]
 ) -> Callable[[], Awaitable[asyncpg.Connection]]:
-    """SQLAlchemy's `async_creator`: every pooled connection is opened through the connector."""
+    """How the pool (and `migration_engine`, as SQLAlchemy's `async_creator`) opens a connection:
+    every one through the connector."""
     instance = settings.instance_connection_name
     assert instance is not None  # only called for Cloud SQL settings
 

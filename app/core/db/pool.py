@@ -3,14 +3,14 @@
 Why not SQLAlchemy's QueuePool or asyncpg's Pool, each measured as this service's pool
 (docs/benchmarks.md):
 - QueuePool closes an overflow connection as soon as it comes back while `pool_size` others are
-  idle, and opens another on the next burst: 30 new connections a second at 16 concurrent requests
-  (each one a TLS handshake and an IAM login through the Cloud SQL connector), and it never
-  closes idle connections below `pool_size`, however many instances hold theirs.
+  idle, and opens another on the next burst: under load, many new connections a second (each one
+  a TLS handshake and an IAM login through the Cloud SQL connector), and it never closes idle
+  connections below `pool_size`, however many instances hold theirs.
 - asyncpg's Pool, swapped in for an A/B (`BENCH_POOL=asyncpg`, bench/asyncpg_pool.py), costs the
   same CPU per request; latency was no reason either way. It fails a request whenever the server
   refuses a new connection for lack of slots (SQLSTATE 53300): at twice the connection budget
-  (`make scale`) about half the requests were 503 and the instances holding no connection served
-  none, where this pool answered under 0.5 % 503.
+  (`make scale`) a large share of the requests were 503 and the instances holding no connection
+  served none, where this pool's 503s stayed rare.
 
 This pool opens at most `max_size` connections, on demand; hands a released one to the longest
 waiter; reuses the most recently released first, so spare ones sit idle and are closed after

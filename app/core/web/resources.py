@@ -214,13 +214,15 @@ def render(content: Any) -> bytes:
     try:
         return orjson.dumps(content, default=encode, option=_OPTIONS)
     except orjson.JSONEncodeError as error:
-        # Keys other than str (an enum, a UUID, a date: FastAPI accepts them) cost ~40 % more to
-        # render with OPT_NON_STR_KEYS, so only a dict that has them pays for it.
+        # Keys other than str (an enum, a UUID, a date: FastAPI accepts them) make every render
+        # slower with OPT_NON_STR_KEYS (docs/benchmarks.md), so only a content that fails without
+        # it is rendered again with it; whatever else failed fails again, as it would have.
         if isinstance(error.__cause__, UnshapedRow):
             raise error.__cause__ from None  # its own message names the route and the fix
-        if str(error) != "Dict key must be str":
-            raise
-        return orjson.dumps(content, default=encode, option=_OPTIONS | orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(content, default=encode, option=_OPTIONS | orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            raise error from None
 
 
 class RenderedJSON(Response):
