@@ -4,7 +4,8 @@ On one copy of the checkout (as tests/test_walkthrough.py makes it), served over
 `make run` with AUTH_MODE=oidc:
 
 - a column added to the `Project` table model and left out of `ProjectPublic` is in no answer
-  (create, read, list, an idempotent replay): the response model is the filter;
+  (create, read, list, an idempotent replay, the answer kept for its key): the response model is
+  the filter;
 - routers added outside /v1 (`/v2/reports`, `/admin`) answer 401 to a caller without a token and
   200 to a verified one, while `/healthz` stays open: authentication is deny-by-default;
 - a task column with a `default_factory` is filled on create.
@@ -136,6 +137,11 @@ def test_day_one_changes_on_a_copy_stay_safe(
             replayed = http.post("/v1/projects", json={"name": name}, headers=keyed)
             assert replayed.headers.get("idempotent-replayed") == "true"
             assert _no_unlisted_column(replayed, 201) == created
+            query = "SELECT body || resource::text AS kept FROM idempotency_keys WHERE key = $1"
+            (kept,) = asyncio.run(fetch(database_url, query, keyed["Idempotency-Key"]))
+            assert "internal_note" not in kept["kept"] and NOTE not in kept["kept"], kept[
+                "kept"
+            ]  # nor after a rollback
             _no_unlisted_column(http.get(f"/v1/projects/{created['id']}", headers=token), 200)
             listed = _no_unlisted_column(http.get("/v1/projects", params={"q": name}, headers=token), 200)
             assert [project["id"] for project in listed["items"]] == [created["id"]]

@@ -30,9 +30,16 @@ from app.core.db.pagination import Keyset, Page, PageDep
 from app.core.db.statements import Statement
 from app.core.models import Audited, AuditedPublic, InputSchema
 from app.core.settings import Settings
-from app.core.web.idempotency import AnswerStored, IdempotencyDep
+from app.core.web.idempotency import IdempotencyDep
 from app.core.web.openapi import NOT_MODIFIED
-from app.core.web.resources import RenderedJSON, RowShape, conditional_response, resource_response, shape_of
+from app.core.web.resources import (
+    RenderedJSON,
+    RowShape,
+    conditional_response,
+    created_response,
+    resource_response,
+    shape_of,
+)
 from tests.helpers import asgi_client, libpq_url, run_alembic, unique
 
 
@@ -74,14 +81,12 @@ router = APIRouter(prefix="/v1/notes")
 
 @router.post("", status_code=201, response_model=NotePublic)
 async def create_note(body: NoteCreate, idempotency: IdempotencyDep, request: Request) -> Response:
+    prefix = "/v1/notes/"
     async with database_of(request).connection() as connection:
-        try:
-            note = await crud.create(
-                connection, Note, body.model_dump(), principal=None, idempotency=idempotency.locating("/v1/notes/")
-            )
-        except AnswerStored as stored:
-            return stored.response
-    return resource_response(note, status_code=201, location=f"/v1/notes/{note['id']}")
+        note = await crud.create(
+            connection, Note, body.model_dump(), principal=None, idempotency=idempotency, location_prefix=prefix
+        )
+    return created_response(note, location_prefix=prefix)
 
 
 @router.get("", response_model=Page[NotePublic])
@@ -172,6 +177,17 @@ async def _stored(url: str, note_id: str) -> asyncpg.Record:
         await connection.close()
 
 
+async def _kept_for_the_key(url: str, key: str) -> asyncpg.Record:
+    connection = await asyncpg.connect(libpq_url(url))
+    try:
+        row: asyncpg.Record = await connection.fetchrow(
+            "SELECT body, resource::text FROM idempotency_keys WHERE key = $1", key
+        )
+        return row
+    finally:
+        await connection.close()
+
+
 PUBLIC = {"id", "created_at", "updated_at", "version", "created_by", "updated_by", "name", "ref", "touched"}
 
 
@@ -190,6 +206,8 @@ async def test_a_column_the_public_model_leaves_out_is_in_no_answer(
         assert set(answer.json()) == PUBLIC, answer.text
         assert list(answer.json()) == list(NotePublic.model_fields)  # in the model's order
     assert replayed.headers["idempotent-replayed"] == "true"
+    kept = await _kept_for_the_key(notes_database, headers["Idempotency-Key"])  # what a rolled-back release replays
+    assert kept["body"].encode() == created.content and "staff" not in kept["resource"], kept
     assert all(set(item) == PUBLIC for item in listed.json()["items"]) and listed.json()["items"]
     assert b"staff" not in b"".join(answer.content for answer in (created, replayed, read, listed, renamed))
     unchanged = await notes.get(created.headers["location"], headers={"If-None-Match": renamed.headers["etag"]})

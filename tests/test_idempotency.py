@@ -3,13 +3,36 @@
 import asyncio
 import json
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from datetime import date, datetime
+from typing import Any, ClassVar
 
 import asyncpg
 import httpx
 import pytest
+from fastapi import APIRouter, Request, Response
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateTable
+from sqlmodel import Field, SQLModel
 
-from tests.helpers import assert_problem, error_locations, fetch, fetchval, libpq_url, unique
+import app.api
+from app.core.db import crud
+from app.core.db.database import database_of
+from app.core.models import TIMESTAMP, Audited, AuditedPublic
+from app.core.settings import Settings
+from app.core.web.idempotency import IdempotencyDep
+from app.core.web.resources import created_response
+from tests.helpers import (
+    admin,
+    asgi_client,
+    assert_problem,
+    error_locations,
+    fetch,
+    fetchval,
+    libpq_url,
+    run_alembic,
+    unique,
+)
 from tests.identity_fakes import Issuer
 
 
@@ -200,6 +223,73 @@ async def test_a_key_stored_by_the_release_before_replays_as_it_was_stored(
     assert_same_answer(again, first)
 
 
+async def _stored_answer(database_url: str, headers: dict[str, str]) -> asyncpg.Record:
+    rows = await fetch(
+        database_url,
+        "SELECT body, resource::text, etag FROM idempotency_keys WHERE key = $1",
+        headers["Idempotency-Key"],
+    )
+    return rows[0]
+
+
+# Characters JSON escapes, and some it need not: both renderings must spell them alike.
+AWKWARD = 'quote " backslash \\ newline \n tab \t bell \x07 unit \x1f del \x7f é / < \u2028 😀'
+
+
+@pytest.mark.parametrize("resource", ["project", "task"])
+async def test_the_stored_body_is_the_first_answer_byte_for_byte(
+    client: httpx.AsyncClient, database_url: str, project: dict[str, Any], resource: str
+) -> None:
+    """A release rolled back to replays `body` as it is: it must be the first answer's bytes."""
+    headers = key()
+    if resource == "project":
+        url, body = "/v1/projects", {"name": unique(AWKWARD), "description": AWKWARD}
+    else:
+        url = f"/v1/projects/{project['id']}/tasks"
+        body = {"title": AWKWARD, "description": None, "priority": 0, "due_date": "2027-03-01", "status": "done"}
+    first = await client.post(url, json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    stored = await _stored_answer(database_url, headers)
+    assert stored["body"].encode() == first.content
+    await fetch(database_url, "UPDATE idempotency_keys SET resource = NULL WHERE key = $1", headers["Idempotency-Key"])
+    assert_same_answer(await client.post(url, json=body, headers=headers), first)  # as that release answers
+
+
+async def test_a_key_stored_again_by_the_release_before_replays_its_body_not_stale_columns(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """After a rollback, the release before replaces an expired key's body, Location and ETag but
+    not `resource`: those columns belong to another answer and are not replayed."""
+    headers, name = key(), unique("restored")
+    await client.post("/v1/projects", json={"name": unique("expired")}, headers=headers)
+    second = await client.post("/v1/projects", json={"name": name}, headers=key())
+    await fetch(
+        database_url,
+        "UPDATE idempotency_keys SET body = $2, location = $3, etag = $4,"
+        " fingerprint = (SELECT fingerprint FROM idempotency_keys WHERE key = $5) WHERE key = $1",
+        headers["Idempotency-Key"],
+        second.text,
+        second.headers["location"],
+        second.headers["etag"],
+        second.request.headers["idempotency-key"],
+    )
+    assert_same_answer(await client.post("/v1/projects", json={"name": name}, headers=headers), second)
+
+
+async def test_an_expired_key_runs_afresh_even_when_the_new_request_conflicts(
+    client: httpx.AsyncClient, database_url: str, project: dict[str, Any]
+) -> None:
+    """After 24 hours the key is forgotten: the create of a taken name is the ordinary 409."""
+    headers = key()
+    assert (await client.post("/v1/projects", json={"name": unique("expires")}, headers=headers)).status_code == 201
+    await fetch(
+        database_url,
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+        headers["Idempotency-Key"],
+    )
+    assert_problem(await client.post("/v1/projects", json={"name": project["name"]}, headers=headers), 409)
+
+
 async def test_a_client_error_is_not_remembered(client: httpx.AsyncClient, project: dict[str, Any]) -> None:
     headers = key()
     taken = await client.post("/v1/projects", json={"name": project["name"]}, headers=headers)
@@ -278,3 +368,95 @@ async def test_keys_are_scoped_per_principal(authed: httpx.AsyncClient, issuer: 
     assert (first.status_code, second.status_code) == (201, 201)
     assert first.json()["id"] != second.json()["id"]
     assert second.json()["created_by"] == "bob@example.com"
+
+
+class Order(Audited, table=True):
+    """A table whose names SQL must quote (a reserved word, a schema in capitals), with a column
+    named like the keyed create's CTE and one nobody published."""
+
+    __tablename__ = "order"
+    __table_args__ = {"schema": "Sales"}  # noqa: RUF012 # SQLAlchemy's own spelling
+    resource_name: ClassVar[str] = "order"
+
+    created: str = Field(max_length=100)
+    status: int = Field(default=0)  # a task's status ("todo") is no int
+    ships_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    ships_on: date | None = None
+    internal_note: str = Field(default="for staff only")
+
+
+SQLModel.metadata.remove(Order.__table__)  # type: ignore[attr-defined]
+
+
+class OrderCreate(SQLModel):
+    created: str
+    ships_at: datetime | None = None
+    ships_on: date | None = None
+
+
+class OrderPublic(AuditedPublic):
+    created: str
+    status: int
+    ships_at: datetime | None
+    ships_on: date | None = Field(alias="shipsOn")
+
+
+orders = APIRouter(prefix="/v1/orders")
+
+
+@orders.post("", status_code=201, response_model=OrderPublic)
+async def create_order(body: OrderCreate, idempotency: IdempotencyDep, request: Request) -> Response:
+    prefix = "/v1/orders/"
+    async with database_of(request).connection() as connection:
+        order = await crud.create(
+            connection, Order, body.model_dump(), principal=None, idempotency=idempotency, location_prefix=prefix
+        )
+    return created_response(order, location_prefix=prefix)
+
+
+@pytest.fixture(scope="module")
+def orders_database(create_database: Callable[[], str]) -> str:
+    url = create_database()
+    run_alembic(url, "upgrade", "head")
+    table = CreateTable(Order.__table__).compile(dialect=postgresql.dialect())  # type: ignore[attr-defined,no-untyped-call]
+    asyncio.run(admin(url, 'CREATE SCHEMA "Sales"'))
+    asyncio.run(admin(url, str(table)))
+    return url
+
+
+@pytest.fixture
+async def orders_client(orders_database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    monkeypatch.setattr(app.api, "RESOURCE_ROUTERS", [*app.api.RESOURCE_ROUTERS, orders])
+    application = app.api.create_app(Settings(database_url=orders_database, instance_connection_name=None))
+    async with asgi_client(application) as http:
+        yield http
+    await application.state.database.dispose()
+
+
+@pytest.mark.parametrize(
+    "ships_at", ["2027-03-01T10:00:00Z", "2027-03-01T10:00:00.000120+02:00", "1999-12-31T23:59:59.5-08:00", None]
+)
+async def test_a_table_sql_must_quote_stores_only_its_public_columns_and_replays_them(
+    orders_client: httpx.AsyncClient, orders_database: str, ships_at: str | None
+) -> None:
+    headers, body = key(), {"created": unique("by hand"), "ships_at": ships_at, "ships_on": "2027-03-02"}
+    first = await orders_client.post("/v1/orders", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert list(first.json()) == [*list(OrderPublic.model_fields)[:-1], "shipsOn"]
+    stored = await _stored_answer(orders_database, headers)
+    assert stored["body"].encode() == first.content
+    assert "internal_note" not in stored["body"] + stored["resource"] and "staff" not in stored["resource"]
+    assert set(json.loads(stored["resource"])) == set(OrderPublic.model_fields)  # by column, typed
+    again = await orders_client.post("/v1/orders", json=body, headers=headers)
+    assert_same_answer(again, first)
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_key_reused_on_an_endpoint_of_another_table_is_422(orders_client: httpx.AsyncClient) -> None:
+    """The stored columns are a task's, which an order's row type cannot hold: never read."""
+    headers = key()
+    project = (await orders_client.post("/v1/projects", json={"name": unique()})).json()
+    task = await orders_client.post(f"/v1/projects/{project['id']}/tasks", json={"title": "t"}, headers=headers)
+    assert task.status_code == 201, task.text
+    response = await orders_client.post("/v1/orders", json={"created": "x"}, headers=headers)
+    assert ["header", "idempotency-key"] in error_locations(assert_problem(response, 422))

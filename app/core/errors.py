@@ -5,7 +5,7 @@ import uuid
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -112,6 +112,21 @@ def invalid_json() -> InvalidRequest:
     return InvalidRequest("the body is not valid JSON", errors=[error])
 
 
+class Answered(Exception):  # not an error: the answer, found where the work is done
+    """The request's answer, decided below the route (a create whose Idempotency-Key already has
+    one): sent as it is, by the one handler `install_problem_handlers` registers, so that no route
+    has to catch it."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("answered")
+        self.response = response
+
+
+async def _on_answered(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Answered)
+    return exc.response
+
+
 def response_for(request: Request, problem: ProblemError) -> JSONResponse:
     # Set by RequestContextMiddleware on every request; an app driven without it still names the answer.
     request_id: str = getattr(request.state, "request_id", None) or uuid.uuid4().hex
@@ -187,6 +202,7 @@ async def _on_unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Answered, _on_answered)
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(HTTPException, http_problem)

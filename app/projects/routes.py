@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.core.db.database import database_of
 from app.core.db.pagination import Page, PageDep
 from app.core.identity.auth import principal_of
-from app.core.web.idempotency import AnswerStored, IdempotencyDep
+from app.core.web.idempotency import IdempotencyDep
 from app.core.web.openapi import NOT_MODIFIED, problem_responses
 from app.core.web.resources import (
     IfMatch,
@@ -16,6 +16,7 @@ from app.core.web.resources import (
     RenderedJSON,
     accepted_versions,
     conditional_response,
+    created_response,
     location_of,
     require_json,
     require_json_or_merge_patch,
@@ -38,16 +39,14 @@ async def create_project(body: ProjectCreate, idempotency: IdempotencyDep, reque
     """Create a project. Send `Idempotency-Key` to make retries safe."""
     prefix = location_of(request, "/v1/projects/")
     async with database_of(request).connection() as connection:  # one statement, the key's answer included
-        try:
-            project = await service.create_project(
-                connection=connection,
-                data=body,
-                principal=principal_of(request),
-                idempotency=idempotency.locating(prefix),
-            )
-        except AnswerStored as stored:
-            return stored.response
-    return resource_response(project, status_code=201, location=f"{prefix}{project['id']}")
+        project = await service.create_project(
+            connection=connection,
+            data=body,
+            principal=principal_of(request),
+            idempotency=idempotency,
+            location_prefix=prefix,
+        )
+    return created_response(project, location_prefix=prefix)
 
 
 @router.get("", response_model=Page[ProjectPublic])

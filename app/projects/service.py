@@ -34,9 +34,17 @@ async def create_project(
     data: ProjectCreate,
     principal: str | None,
     idempotency: Idempotency | None = None,
+    location_prefix: str | None = None,
 ) -> Row:
     try:
-        return await crud.create(connection, Project, data.model_dump(), principal=principal, idempotency=idempotency)
+        return await crud.create(
+            connection,
+            Project,
+            data.model_dump(),
+            principal=principal,
+            idempotency=idempotency,
+            location_prefix=location_prefix,
+        )
     except asyncpg.UniqueViolationError as error:  # the unique index decides: of two racing creates, one wins
         if violated_constraint(error) == "uq_projects_name_lower":
             raise _name_taken(data.name) from None

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.core.db.database import database_of
 from app.core.db.pagination import Page, PageDep
 from app.core.identity.auth import principal_of
-from app.core.web.idempotency import AnswerStored, IdempotencyDep
+from app.core.web.idempotency import IdempotencyDep
 from app.core.web.openapi import NOT_MODIFIED, problem_responses
 from app.core.web.resources import (
     IfMatch,
@@ -16,6 +16,7 @@ from app.core.web.resources import (
     RenderedJSON,
     accepted_versions,
     conditional_response,
+    created_response,
     location_of,
     require_json,
     require_json_or_merge_patch,
@@ -43,17 +44,15 @@ async def create_task(
     """Create a task in a project. Send `Idempotency-Key` to make retries safe."""
     prefix = location_of(request, "/v1/tasks/")
     async with database_of(request).connection() as connection:  # one statement, the key's answer included
-        try:
-            task = await service.create_task(
-                connection=connection,
-                project_id=project_id,
-                data=body,
-                principal=principal_of(request),
-                idempotency=idempotency.locating(prefix),
-            )
-        except AnswerStored as stored:
-            return stored.response
-    return resource_response(task, status_code=201, location=f"{prefix}{task['id']}")
+        task = await service.create_task(
+            connection=connection,
+            project_id=project_id,
+            data=body,
+            principal=principal_of(request),
+            idempotency=idempotency,
+            location_prefix=prefix,
+        )
+    return created_response(task, location_prefix=prefix)
 
 
 @router.get("/v1/projects/{project_id}/tasks", response_model=Page[TaskPublic], responses=problem_responses(404))

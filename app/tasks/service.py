@@ -33,10 +33,13 @@ async def create_task(
     data: TaskCreate,
     principal: str | None,
     idempotency: Idempotency | None = None,
+    location_prefix: str | None = None,
 ) -> Row:
     values = data.model_dump() | {"project_id": project_id}
     try:
-        return await crud.create(connection, Task, values, principal=principal, idempotency=idempotency)
+        return await crud.create(
+            connection, Task, values, principal=principal, idempotency=idempotency, location_prefix=location_prefix
+        )
     except asyncpg.ForeignKeyViolationError as error:
         if missing_parent(error, Task, Project):
             raise not_found(Project.resource_name, project_id) from None

@@ -93,14 +93,20 @@ async def create(
     *,
     principal: str | None,
     idempotency: "Idempotency | None" = None,
+    location_prefix: str | None = None,
 ) -> Row:
     """One INSERT ... RETURNING: the database fills id, timestamps and version. With an
-    Idempotency-Key, the same statement stores the answer (`AnswerStored` when the key has one)."""
+    Idempotency-Key, the same statement stores the answer, whose Location is `location_prefix` +
+    the new id (`AnswerStored` when the key has one: the app's handler replays it). Give the same
+    prefix to `created_response`, so that a replay's Location is the first answer's."""
     values = _with_python_defaults(model, values | {"created_by": principal, "updated_by": principal})
     columns = tuple(values)
     created: Row | None
     if idempotency is not None and idempotency.key is not None:
-        created = await idempotency.create(connection, _table(model), _insert_returning(model, columns), values)
+        if location_prefix is None:
+            raise TypeError("a keyed create needs location_prefix=, where the new resource will be (its Location)")
+        create = _insert_returning(model, columns)
+        created = await idempotency.create(connection, _table(model), create, values, location_prefix=location_prefix)
     else:
         created = await _insert(model, columns).fetchrow(connection, **values)
     assert created is not None

@@ -1,7 +1,8 @@
 """Safe retries for POST: the `Idempotency-Key` header (IETF draft), as the contract describes it.
 
 A keyed create is one statement (`Idempotency.create`): it inserts the row and, from the row it
-returns, the key with the row's columns, so either both exist or neither does: a request that fails
+returns, the key with the columns the route publishes (its response model's), so either both
+exist or neither does: a request that fails
 leaves no record, and its retry runs afresh. When the key already holds a live answer, its ON
 CONFLICT calls `idempotency_key_live()` (made by the migrations), which aborts the statement, row
 and all; a second round trip then reads the stored answer and replays it, rendered from the stored
@@ -19,6 +20,8 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import Depends, Header, Request, Response
 from sqlalchemy import (
+    Date,
+    DateTime,
     Index,
     SmallInteger,
     Text,
@@ -34,15 +37,16 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.sql.dml import Insert
 from sqlmodel import Field, SQLModel
 
 from app.core.db.statements import Row, Statement
-from app.core.errors import InvalidRequest
+from app.core.errors import Answered, InvalidRequest
 from app.core.identity.auth import principal_of
 from app.core.models import SET_BY_SERVER, TIMESTAMP
-from app.core.web.resources import resource_response
+from app.core.web.resources import UnshapedRow, current_shape, entity_tag, resource_response
 
 EXPIRED_ROWS_PER_WRITE = 20  # each remembered answer also clears a few expired ones
 KEY_LIVE_SQLSTATE = "IK409"  # raised by idempotency_key_live(), created by the migrations
@@ -59,12 +63,12 @@ class IdempotencyRecord(SQLModel, table=True):
     fingerprint: str = Field(max_length=64)  # sha256 of method, path and canonical JSON body
     status: int = Field(sa_type=SmallInteger)
     # The answer as JSON text. Keys stored by an earlier release replay it as it is; this release
-    # replays `resource` and fills `body` with the same columns, for a release rolled back to.
+    # replays `resource` and fills `body` with the first answer's text, for a release rolled back to.
     body: str = Field(sa_type=Text)
     location: str = Field(max_length=2048)
     etag: str = Field(max_length=100)
     created_at: datetime = Field(sa_type=TIMESTAMP, nullable=False, sa_column_kwargs=SET_BY_SERVER)
-    resource: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # the created row's columns
+    resource: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # the public columns, typed
 
 
 _TABLE = IdempotencyRecord.__table__  # type: ignore[attr-defined]
@@ -76,35 +80,79 @@ _expired = select(_TABLE.c.principal, _TABLE.c.key).where(
     _TABLE.c.created_at < func.now() - _TTL, _KEY_COLUMNS != _THIS_KEY
 )
 _FORGET = delete(_TABLE).where(_KEY_COLUMNS.in_(_expired.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery()))
+_LIVE = _TABLE.c.created_at > func.now() - _TTL
 _ANSWER = ("fingerprint", "status", "body", "location", "etag", "resource")
 
 
+_PREPARER = postgresql.dialect().identifier_preparer  # type: ignore[no-untyped-call]
+
+
+def _as_json_text(column: Any) -> Any:
+    """`column` as the renderer spells it, where PostgreSQL's JSON spelling differs: timestamps as
+    orjson with OPT_UTC_Z writes them (UTC, `Z`, microseconds only when there are some), dates as
+    YYYY-MM-DD. Other types go to row_to_json as they are."""
+    kind = column.type
+    if isinstance(kind, DateTime):
+        moment = func.timezone(literal_column("'UTC'"), column) if kind.timezone else column
+        whole_second = func.date_trunc(literal_column("'second'"), moment) == moment
+        fraction = case((whole_second, literal_column("''")), else_=func.to_char(moment, literal_column("'.US'")))
+        spelled = func.to_char(moment, literal_column("'YYYY-MM-DD\"T\"HH24:MI:SS'")).op("||")(fraction)
+        return spelled.op("||")(literal_column("'Z'")) if kind.timezone else spelled
+    if isinstance(kind, Date):
+        return func.to_char(column, literal_column("'YYYY-MM-DD'"))
+    return column
+
+
+def _public_columns(created: Any, pairs: tuple[tuple[str, str], ...]) -> list[Any]:
+    missing = [column for _, column in pairs if column not in created.c]
+    if missing:
+        raise UnshapedRow(
+            f"the public model has fields the created row has no column for: {', '.join(missing)}; "
+            "a keyed create stores the public columns of the row it inserts"
+        )
+    return [created.c[column] for _, column in pairs]
+
+
+def _json_of(columns: list[Any], labels: list[str], name: str, to_json: Any) -> Any:
+    """`to_json` of a row of `columns` labelled `labels`, from a subquery of them alone: its keys in
+    that order, its columns referred to by name (a table column cannot take the row's place)."""
+    subquery = select(*(column.label(label) for column, label in zip(columns, labels, strict=True))).subquery(name)
+    return select(to_json(literal_column(f"{name}.*"))).select_from(subquery).scalar_subquery()
+
+
 @cache
-def _remembering(create: Insert) -> Statement:
-    """`create` (an INSERT ... RETURNING of one row) and its key in one statement: the key's row
-    is made from the created row, and a live key aborts the statement (`idempotency_key_live()`);
-    an expired one is replaced. A few other expired keys go too."""
+def _remembering(create: Insert, pairs: tuple[tuple[str, str], ...]) -> Statement:
+    """`create` (an INSERT ... RETURNING of one row) and its key in one statement: the key's row is
+    made from the created row's public columns (`pairs`: the answer's names and the row's columns),
+    and a live key aborts the statement (`idempotency_key_live()`); an expired one is replaced. A
+    few other expired keys go too.
+
+    `resource` holds the public columns typed (this release renders a replay from them), `body`
+    the first answer's text as far as SQL can spell it (a release rolled back to replays it as is)."""
     created = create.cte("created")
-    row: Any = literal_column("created")  # the whole row, for to_jsonb
+    public = _public_columns(created, pairs)
+    body = _json_of(
+        [_as_json_text(column) for column in public], [name for name, _ in pairs], "answer_body", func.row_to_json
+    )
+    resource = _json_of(public, [column for _, column in pairs], "answer_resource", func.to_jsonb)
     tag = func.concat('"', func.replace(cast(created.c.id, Text), "-", ""), ".", created.c.version, '"')
     answer = select(
         bindparam("idempotency_principal", type_=Text),
         bindparam("idempotency_key", type_=Text),
         bindparam("idempotency_fingerprint", type_=Text),
         literal(201),
-        cast(func.to_jsonb(row), Text),
+        cast(body, Text),
         func.concat(bindparam("idempotency_location", type_=Text), created.c.id),
         tag,  # as resources.entity_tag: read by a release rolled back to, which replays these columns
-        func.to_jsonb(row),
+        resource,
     ).select_from(created)
-    live = _TABLE.c.created_at > func.now() - _TTL
     store = (
         insert(_TABLE)
         .from_select(["principal", "key", *_ANSWER], answer)
         .on_conflict_do_update(
             index_elements=["principal", "key"],
             set_={name: getattr(insert(_TABLE).excluded, name) for name in _ANSWER} | {"created_at": func.now()},
-            where=case((live, func.idempotency_key_live()), else_=true()),
+            where=case((_LIVE, func.idempotency_key_live()), else_=true()),
         )
     )
     return Statement(select(created).add_cte(store.cte("stored")).add_cte(_FORGET.cte("forgotten")))
@@ -112,22 +160,22 @@ def _remembering(create: Insert) -> Statement:
 
 @cache
 def _stored(table: Any) -> Statement:
-    """The key's stored answer, with the created row's columns typed as `table`'s (NULL for keys
-    an earlier release stored)."""
-    populated = func.jsonb_populate_record(literal_column(f"NULL::{table.name}"), _TABLE.c.resource)
+    """The key's live answer, with the created row's columns typed as `table`'s: NULL for keys an
+    earlier release stored, and for a key used with another request (whose columns may be of
+    another table: they are not read)."""
+    row_type: Any = literal_column(f"NULL::{_PREPARER.format_table(table)}")
+    populated = func.jsonb_populate_record(row_type, _TABLE.c.resource)
+    same_request = _TABLE.c.fingerprint == bindparam("idempotency_fingerprint", type_=Text)
     return Statement(
-        select(*(_TABLE.c[name] for name in _ANSWER if name != "resource"), populated.label("row")).where(
-            _KEY_COLUMNS == _THIS_KEY
-        )
+        select(
+            *(_TABLE.c[name] for name in _ANSWER if name != "resource"),
+            case((same_request, populated)).label("row"),
+        ).where(_KEY_COLUMNS == _THIS_KEY, _LIVE)
     )
 
 
-class AnswerStored(Exception):
-    """The key already has an answer: `response` replays it."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__("replayed")
-        self.response = response
+class AnswerStored(Answered):
+    """The key already has an answer: `response` replays it (the app's handler sends it)."""
 
 
 class Idempotency:
@@ -137,31 +185,34 @@ class Idempotency:
         self.principal = principal
         self.key = key
         self.fingerprint = fingerprint
-        self.location_prefix = ""
 
-    def locating(self, location_prefix: str) -> "Idempotency":
-        """Where the created resource will be: `location_prefix` + its id (its Location header)."""
-        self.location_prefix = location_prefix
-        return self
-
-    async def create(self, connection: asyncpg.Connection, table: Any, create: Insert, values: dict[str, Any]) -> Row:
-        """Run `create` and store its answer under this key, in one statement; `AnswerStored` when
-        the key already has one (also when the create broke a constraint only because a repeat
-        had done it first: a unique name, say)."""
+    async def create(
+        self,
+        connection: asyncpg.Connection,
+        table: Any,
+        create: Insert,
+        values: dict[str, Any],
+        *,
+        location_prefix: str,
+    ) -> Row:
+        """Run `create` and store its answer under this key, in one statement: the public columns
+        of the route being served, and `location_prefix` + the new id as its Location. `AnswerStored`
+        when the key already has one (also when the create broke a constraint only because a
+        repeat had done it first: a unique name, say)."""
         keyed = {"idempotency_principal": self.principal, "idempotency_key": self.key}
         try:
-            created: Row | None = await _remembering(create).fetchrow(
+            created: Row | None = await _remembering(create, current_shape().pairs).fetchrow(
                 connection,
                 **values,
                 **keyed,
                 idempotency_fingerprint=self.fingerprint,
-                idempotency_location=self.location_prefix,
+                idempotency_location=location_prefix,
             )
         except asyncpg.PostgresError as error:
             is_live = error.sqlstate == KEY_LIVE_SQLSTATE
             if not is_live and not isinstance(error, asyncpg.IntegrityConstraintViolationError):
                 raise
-            stored = await _stored(table).fetchrow(connection, **keyed)
+            stored = await _stored(table).fetchrow(connection, **keyed, idempotency_fingerprint=self.fingerprint)
             if stored is None:  # a constraint this request broke on its own: the caller maps it
                 raise
             raise AnswerStored(self._replay(stored)) from None
@@ -172,14 +223,21 @@ class Idempotency:
         if stored["fingerprint"] != self.fingerprint:
             error = {"loc": ["header", "idempotency-key"], "msg": "already used for another request", "type": "reused"}
             raise InvalidRequest("this Idempotency-Key was used with a different request", errors=[error])
-        if stored["row"] is None or stored["row"]["id"] is None:  # stored by an earlier release: as it is
+        row = stored["row"]
+        if _describes(row, stored["etag"]):
+            response = resource_response(row, status_code=stored["status"], location=stored["location"])
+        else:  # stored by an earlier release, or stored again by one after a rollback: as it is
             headers = {"Location": stored["location"], "ETag": stored["etag"]}
             response = Response(stored["body"], status_code=stored["status"], headers=headers)
             response.headers["Content-Type"] = "application/json"
-        else:
-            response = resource_response(stored["row"], status_code=stored["status"], location=stored["location"])
         response.headers["Idempotent-Replayed"] = "true"
         return response
+
+
+def _describes(row: Row | None, etag: str) -> bool:
+    """Whether the stored columns are those of the stored answer: a release rolled back to stores
+    a key's answer again (body, Location, ETag) and leaves the columns as they were."""
+    return row is not None and row["id"] is not None and row["version"] is not None and entity_tag(row) == etag
 
 
 async def _fingerprint(request: Request) -> str:

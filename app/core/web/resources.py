@@ -84,7 +84,8 @@ class RowShape:
         self.model = model
         fields = model.model_fields
         self.columns = tuple(fields)
-        self._pairs = tuple(
+        # (name in the answer, column of the row), in the model's field order
+        self.pairs: tuple[tuple[str, str], ...] = tuple(
             ((field.serialization_alias or field.alias or name) if by_alias else name, name)
             for name, field in fields.items()
         )
@@ -94,7 +95,7 @@ class RowShape:
         the list's hot path, so the shaping is inline.)"""
         if isinstance(value, asyncpg.Record):
             try:
-                return {name: value[column] for name, column in self._pairs}
+                return {name: value[column] for name, column in self.pairs}
             except KeyError:
                 raise self._unfit(value) from None
         return _encode(value)
@@ -114,13 +115,16 @@ class _Unshaped:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
+    def refusal(self) -> UnshapedRow:
+        return UnshapedRow(
+            f"a database row was rendered where no response model says which of its columns to publish "
+            f"({self.reason}): declare response_model= with the public model on the route (only its fields "
+            "are sent), or render a dict of the fields to publish"
+        )
+
     def encode(self, value: Any) -> Any:
         if isinstance(value, asyncpg.Record):
-            raise UnshapedRow(
-                f"a database row was rendered where no response model says which of its columns to publish "
-                f"({self.reason}): declare response_model= with the public model on the route (only its fields "
-                "are sent), or render a dict of the fields to publish"
-            )
+            raise self.refusal()
         return _encode(value)
 
 
@@ -186,17 +190,39 @@ class RowShapes:
 _NO_ROUTE = _Unshaped("no route is being served")
 
 
-def _encoder() -> Callable[[Any], Any]:
-    """The `default` of this render: the shape of the route being served, worked out once per route."""
+def _shape(route: Any) -> RowShape | _Unshaped:
+    """The shape of `route`'s rows (or why it has none), worked out once per route."""
+    shape: RowShape | _Unshaped | None = getattr(route, "_row_shape", None)
+    if shape is None:
+        found = shape_of(route)
+        shape = route._row_shape = found if isinstance(found, RowShape) else _Unshaped(found)
+    return shape
+
+
+def _route() -> Any:
     scope = _current_scope.get()
-    route = scope.get("route") if scope is not None else None
+    return scope.get("route") if scope is not None else None
+
+
+def _encoder() -> Callable[[Any], Any]:
+    """The `default` of this render: the shape of the route being served."""
+    route = _route()
     if route is None:
         return _NO_ROUTE.encode
     encode: Callable[[Any], Any] | None = getattr(route, "_encode_rows", None)
     if encode is None:
-        shape = shape_of(route)
-        encode = route._encode_rows = shape.encode if isinstance(shape, RowShape) else _Unshaped(shape).encode
+        encode = route._encode_rows = _shape(route).encode
     return encode
+
+
+def current_shape() -> RowShape:
+    """The shape the route being served gives its rows: the columns it publishes (`UnshapedRow`,
+    naming the fix, when it has none)."""
+    route = _route()
+    shape = _shape(route) if route is not None else _NO_ROUTE
+    if isinstance(shape, _Unshaped):
+        raise shape.refusal()
+    return shape
 
 
 def _encode(value: Any) -> Any:
@@ -238,6 +264,12 @@ def resource_response(row: Row, *, status_code: int = 200, location: str | None 
     if location is not None:
         headers["Location"] = location
     return RenderedJSON(row, status_code=status_code, headers=headers)
+
+
+def created_response(row: Row, *, location_prefix: str) -> Response:
+    """201 with the new resource, at `location_prefix` + its id: the prefix its keyed create was
+    given, so that a replay's Location (stored by that create) is this one."""
+    return resource_response(row, status_code=201, location=f"{location_prefix}{row['id']}")
 
 
 def location_of(request: Request, path: str) -> str:
