@@ -40,8 +40,12 @@ if PGBOUNCER is None:
 SERVER_POOL_SIZE = 2  # server connections PgBouncer keeps per database and user
 
 # The key HTTP tests, collected again in this module, where `client` is served through PgBouncer
-# (one test that makes an app of its own, not through the pooler, is left out).
-OWN_APP = {"test_keys_are_scoped_per_principal"}
+# (the tests that make an app of their own, not through the pooler, are left out).
+OWN_APP = {
+    "test_keys_are_scoped_per_principal",
+    "test_a_table_sql_must_quote_stores_only_its_public_columns_and_replays_them",
+    "test_a_key_reused_on_an_endpoint_of_another_table_is_422",
+}
 for module in (test_projects, test_tasks, test_pagination, test_idempotency):
     globals().update(
         {name: test for name, test in vars(module).items() if name.startswith("test_") and name not in OWN_APP}
