@@ -16,6 +16,12 @@
 #   NETWORK      the VPC network of the private path: default
 #   SUBNET       the subnet in REGION that the function's Direct VPC egress uses: NETWORK
 
+# How far back scripts/rollback.sh reaches: promoted revisions among the newest ROLLBACK_WINDOW
+# revisions of the service. Every deploy, passed or failed, makes one revision and one image, so
+# scripts/artifact-cleanup-policy.json keeps the newest ROLLBACK_WINDOW + 1 images of the function
+# (one more for a build under way): change both together (tests/test_rollback.py checks them).
+ROLLBACK_WINDOW=10
+
 die() {
   echo "$(basename "$0"): $*" >&2
   exit 1
@@ -69,6 +75,8 @@ load_settings() {
   TESTER_SA="${TESTER_SA:-projects-api-tester@${PROJECT}.iam.gserviceaccount.com}"
   BUILDER_SA="${BUILDER_SA:-projects-api-builder@${PROJECT}.iam.gserviceaccount.com}"
   SOURCE_BUCKET="gs://${PROJECT}_cloudbuild"
+  # The Artifact Registry repository gcloud's source deploys use in REGION.
+  IMAGE_REPOSITORY=cloud-run-source-deploy
   DB_IP_TYPE="${DB_IP_TYPE:-public}"
   NETWORK="${NETWORK:-default}"
   SUBNET="${SUBNET:-$NETWORK}"

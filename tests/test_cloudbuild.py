@@ -617,6 +617,13 @@ def test_every_identity_holds_every_permission_its_steps_need(
             assert need.role in held, f"{need.runs_as} lacks {need.role} on {need.on} for {need.command}: {held}"
 
 
+def test_bootstrap_makes_the_image_repository_with_its_cleanup_policy(bootstrapped: dict[str, Any]) -> None:
+    """Before the first image: tests/test_rollback.py checks the policy against rollback.sh."""
+    repository = bootstrapped["repositories"]["europe-west1/cloud-run-source-deploy"]
+    assert repository["policies"] == json.loads((ROOT / "scripts" / "artifact-cleanup-policy.json").read_text())
+    assert repository["dry_run"] is False, "a policy in dry run deletes nothing"
+
+
 def test_the_role_table_of_the_document_is_the_model() -> None:
     documented = iam_model.documented_roles()
     for role, granted in iam_model.ROLES.items():
