@@ -326,7 +326,11 @@ for db_user in "$MIGRATOR_DB_USER" "$RUNTIME_DB_USER"; do
   if grep -Fxq -- "$db_user" <<<"$existing_users"; then
     echo "    $db_user exists"
   else
-    # Right after its service account is created, Cloud SQL may not see it yet: try again.
+    # No --database-roles: the roles that carry the users' rights come from migrations/roles.sql,
+    # after this, and gcloud accepts only roles that exist; whether Cloud SQL then makes the user a
+    # member of cloudsqlsuperuser is checked before each deploy by the build's least-privilege step
+    # (docs/permissions.md). Right after its service account is created, Cloud SQL may not see it
+    # yet: try again.
     retry gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
       --type=cloud_iam_service_account
   fi
