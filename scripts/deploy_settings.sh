@@ -1,5 +1,5 @@
 # Settings and helpers shared by the scripts that act on Google Cloud (bootstrap.sh, grant_roles.sh,
-# alerts.sh, rollback.sh, teardown.sh), which source this file first. Each setting is an
+# alerts.sh, rollback.sh, teardown.sh, and release.sh for its helpers), which source this file first. Each setting is an
 # environment variable; its default follows the colon. load_settings reads them, once the
 # arguments are checked.
 #   PROJECT      project id: gcloud config get-value project
@@ -53,6 +53,19 @@ check_arguments() {
       fi
       ;;
   esac
+}
+
+# The revision serving all of a service's traffic, from its traffic entries on stdin (tag, revision,
+# percent; a line each, as `gcloud run services describe --flatten='status.traffic[]'` prints
+# them); nothing when traffic is split.
+serving_revision() {
+  awk -F '\t' '$3 != "" { share[$2] += $3 } END { for (r in share) if (share[r] == 100) print r }'
+}
+
+# projects-api-00007-xiz -> 00007, the number a `promoted-` tag carries.
+revision_number() {
+  local number="${1%-*}"
+  echo "${number##*-}"
 }
 
 # For the scripts that call gcloud themselves: say so once, before the first call fails obscurely.

@@ -56,13 +56,12 @@ promoted_numbered="$(awk -F '\t' '$1 ~ /^promoted-[0-9]+$/ { print substr($1, 10
   sort -rn | awk -F '\t' '!seen[$2]++')"
 promoted="$(cut -f2 <<<"$promoted_numbered")"
 [ -n "$promoted" ] || die "the function $FUNCTION has no promoted revision in $REGION (did a build pass?)"
-serving="$(awk -F '\t' '$3 != "" { share[$2] += $3 } END { for (r in share) if (share[r] == 100) print r }' <<<"$entries")"
+serving="$(serving_revision <<<"$entries")"
 # Targets: the promoted revisions among the newest ROLLBACK_WINDOW revisions (NAME-NNNNN-xyz). The
 # repository's cleanup policy keeps that many images and one more; an older revision's image may be
 # gone, and Cloud Run could not start it.
 latest="$(gcloud run services describe "$FUNCTION" "${where[@]}" --format='value(status.latestCreatedRevisionName)')"
-latest_number="${latest%-*}"
-latest_number="$((10#${latest_number##*-}))"
+latest_number="$((10#$(revision_number "$latest")))"
 targets="$(awk -F '\t' -v oldest="$((latest_number - ROLLBACK_WINDOW + 1))" '$1 + 0 >= oldest { print $2 }' \
   <<<"$promoted_numbered")"
 out_of_window() {
