@@ -13,6 +13,8 @@ Prepares an empty Google Cloud project for the two builds (cloudbuild-test.yaml,
     flag on for an existing instance, keeping its other flags), daily backups, point-in-time
     recovery, a maintenance window and deletion protection, and the database;
   - creates the builds' source bucket gs://PROJECT_cloudbuild;
+  - creates the function's image repository (cloud-run-source-deploy) with a cleanup policy that
+    keeps every image scripts/rollback.sh may target (scripts/artifact-cleanup-policy.json);
   - with DB_IP_TYPE=private: Private Service Access on NETWORK, a private IP for the instance, and
     a Cloud Build private pool in NETWORK for the migrations (docs/operations.md);
   - creates the service accounts: the runtime (the function), the tester (the test build), the
@@ -146,6 +148,21 @@ else
   gcloud storage buckets create "$SOURCE_BUCKET" --project="$PROJECT" --location="$REGION" \
     --uniform-bucket-level-access
 fi
+
+# Where `gcloud run deploy --source` stores the function's images (gcloud makes it on the first
+# deploy otherwise), made here so that its cleanup policy is in place before the first image:
+# scripts/artifact-cleanup-policy.json keeps the newest images a rollback may target
+# (ROLLBACK_WINDOW, scripts/deploy_settings.sh) and deletes the function's other images after 30 days.
+step "Image repository $IMAGE_REPOSITORY in $REGION"
+if gcloud artifacts repositories describe "$IMAGE_REPOSITORY" --location="$REGION" --project="$PROJECT" >/dev/null 2>&1; then
+  echo "    exists"
+else
+  gcloud artifacts repositories create "$IMAGE_REPOSITORY" --location="$REGION" --project="$PROJECT" \
+    --repository-format=docker --description="Cloud Run source deploy images"
+fi
+# Setting the same policies again changes nothing. --no-dry-run: a policy in dry run deletes nothing.
+gcloud artifacts repositories set-cleanup-policies "$IMAGE_REPOSITORY" --location="$REGION" \
+  --project="$PROJECT" --policy="$(dirname "$0")/artifact-cleanup-policy.json" --no-dry-run >/dev/null
 
 # What each role is for, command by command, with Google's page for it: docs/permissions.md.
 step "Roles"
@@ -309,7 +326,11 @@ for db_user in "$MIGRATOR_DB_USER" "$RUNTIME_DB_USER"; do
   if grep -Fxq -- "$db_user" <<<"$existing_users"; then
     echo "    $db_user exists"
   else
-    # Right after its service account is created, Cloud SQL may not see it yet: try again.
+    # No --database-roles: the roles that carry the users' rights come from migrations/roles.sql,
+    # after this, and gcloud accepts only roles that exist; whether Cloud SQL then makes the user a
+    # member of cloudsqlsuperuser is checked before each deploy by the build's least-privilege step
+    # (docs/permissions.md). Right after its service account is created, Cloud SQL may not see it
+    # yet: try again.
     retry gcloud sql users create "$db_user" --instance="$INSTANCE" --project="$PROJECT" \
       --type=cloud_iam_service_account
   fi

@@ -1,5 +1,5 @@
 # Settings and helpers shared by the scripts that act on Google Cloud (bootstrap.sh, grant_roles.sh,
-# alerts.sh, rollback.sh, teardown.sh), which source this file first. Each setting is an
+# alerts.sh, rollback.sh, teardown.sh, and release.sh for its helpers), which source this file first. Each setting is an
 # environment variable; its default follows the colon. load_settings reads them, once the
 # arguments are checked.
 #   PROJECT      project id: gcloud config get-value project
@@ -15,6 +15,12 @@
 #                or private (a private IP in NETWORK; docs/operations.md, "Keep the database private"): public
 #   NETWORK      the VPC network of the private path: default
 #   SUBNET       the subnet in REGION that the function's Direct VPC egress uses: NETWORK
+
+# How far back scripts/rollback.sh reaches: promoted revisions among the newest ROLLBACK_WINDOW
+# revisions of the service. Every deploy, passed or failed, makes one revision and one image, so
+# scripts/artifact-cleanup-policy.json keeps the newest ROLLBACK_WINDOW + 1 images of the function
+# (one more for a build under way): change both together (tests/test_rollback.py checks them).
+ROLLBACK_WINDOW=10
 
 die() {
   echo "$(basename "$0"): $*" >&2
@@ -49,6 +55,19 @@ check_arguments() {
   esac
 }
 
+# The revision serving all of a service's traffic, from its traffic entries on stdin (tag, revision,
+# percent; a line each, as `gcloud run services describe --flatten='status.traffic[]'` prints
+# them); nothing when traffic is split.
+serving_revision() {
+  awk -F '\t' '$3 != "" { share[$2] += $3 } END { for (r in share) if (share[r] == 100) print r }'
+}
+
+# projects-api-00007-xiz -> 00007, the number a `promoted-` tag carries.
+revision_number() {
+  local number="${1%-*}"
+  echo "${number##*-}"
+}
+
 # For the scripts that call gcloud themselves: say so once, before the first call fails obscurely.
 require_gcloud() {
   command -v gcloud >/dev/null || die "gcloud is not installed (https://cloud.google.com/sdk/docs/install)"
@@ -69,6 +88,8 @@ load_settings() {
   TESTER_SA="${TESTER_SA:-projects-api-tester@${PROJECT}.iam.gserviceaccount.com}"
   BUILDER_SA="${BUILDER_SA:-projects-api-builder@${PROJECT}.iam.gserviceaccount.com}"
   SOURCE_BUCKET="gs://${PROJECT}_cloudbuild"
+  # The Artifact Registry repository gcloud's source deploys use in REGION.
+  IMAGE_REPOSITORY=cloud-run-source-deploy
   DB_IP_TYPE="${DB_IP_TYPE:-public}"
   NETWORK="${NETWORK:-default}"
   SUBNET="${SUBNET:-$NETWORK}"

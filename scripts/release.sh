@@ -16,9 +16,13 @@
 # A function made by an earlier release of this template with `gcloud functions deploy` belongs to
 # the Cloud Functions API, which would move all traffic to every new revision. `deploy` stops on
 # one and says how to hand it to Cloud Run once (`gcloud functions detach`, docs/operations.md).
+# On the first build after that, the revision serving all traffic (the previous release's code) is
+# tagged promoted-NNNNN before the candidate, so that scripts/rollback.sh can return to it.
 #
 # Settings: FUNCTION, REGION, PROJECT, DB_IP_TYPE, NETWORK, SUBNET (scripts/deploy_settings.sh).
 set -euo pipefail
+
+source "$(dirname "$0")/deploy_settings.sh"
 
 CANDIDATE_TAG=candidate
 CANDIDATE_FILE=candidate.env
@@ -52,6 +56,10 @@ which would send all traffic to every new revision. Hand it to Cloud Run once, a
 (docs/operations.md, \"Upgrading a function deployed with gcloud functions deploy\")"
   fi
 
+  if [ "$exists" = yes ]; then
+    mark_previous_release
+  fi
+
   local extra=(--tag="$CANDIDATE_TAG")
   if [ "$exists" = yes ]; then
     extra+=(--no-traffic)
@@ -79,14 +87,39 @@ which would send all traffic to every new revision. Hand it to Cloud Run once, a
   echo "candidate $revision at $tag_url (no traffic before its smoke test passes)"
 }
 
+# A service no build of this release has deployed to carries neither the `candidate` tag nor a
+# `promoted-` one: a function of the previous release of this template, just detached. The
+# revision serving all its traffic is that release's code, which served users: it becomes a
+# rollback target (promoted-NNNNN) before the first candidate, so scripts/rollback.sh can return to
+# it. A service this release created always has the `candidate` tag, even when its first revision
+# failed its smoke test, so such a revision is never marked.
+mark_previous_release() {
+  local entries serving
+  entries="$(gcloud run services describe "$FUNCTION" "${where[@]}" --flatten='status.traffic[]' \
+    --format='value(status.traffic.tag,status.traffic.revisionName,status.traffic.percent)')"
+  if awk -F '\t' -v tag="$CANDIDATE_TAG" '$1 == tag || $1 ~ /^promoted-[0-9]+$/ { found = 1 } END { exit !found }' \
+    <<<"$entries"; then
+    return 0
+  fi
+  serving="$(serving_revision <<<"$entries")"
+  if [ -z "$serving" ]; then
+    echo "$FUNCTION has no revision of this release and its traffic is split: none is marked as a rollback target"
+    return 0
+  fi
+  local number
+  number="$(revision_number "$serving")"
+  gcloud run services update-traffic "$FUNCTION" "${where[@]}" --update-tags="promoted-$number=$serving" --quiet
+  echo "$serving (deployed before this release) serves all traffic: tagged promoted-$number, a rollback target"
+}
+
 promote() {
   [ -f "$CANDIDATE_FILE" ] || die "no $CANDIDATE_FILE: the deploy step did not run"
   local revision
   revision="$(sed -n 's/^REVISION=//p' "$CANDIDATE_FILE")"
   # projects-api-00007-xiz -> promoted-00007: a lasting mark that this revision once served all
   # traffic after passing its smoke test, which scripts/rollback.sh reads.
-  local number="${revision%-*}"
-  number="${number##*-}"
+  local number
+  number="$(revision_number "$revision")"
   gcloud run services update-traffic "$FUNCTION" "${where[@]}" \
     --to-revisions="$revision=100" --update-tags="promoted-$number=$revision" --quiet
   echo "$revision serves all traffic of $FUNCTION"

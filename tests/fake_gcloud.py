@@ -2,7 +2,8 @@
 
 State lives in the JSON file FAKE_GCLOUD_STATE: the project, its IAM policy, its service accounts
 (each with its own policy), Cloud SQL instances (flags, backups, deletion protection, networks,
-databases, users), functions (each with its Cloud Run revisions and traffic), enabled services,
+databases, users), functions (each with its Cloud Run revisions, their images and traffic),
+Artifact Registry repositories (their image versions and cleanup policies), enabled services,
 the private path's address ranges, peerings and build pools, and the log-based metrics,
 notification channels and alert policies. The caller is FAKE_GCLOUD_ACCOUNT (`user:...` or
 `serviceAccount:...`), as `gcloud config get-value account` or Cloud Build's metadata server would
@@ -310,6 +311,8 @@ class Gcloud:
         )
         revisions = function.setdefault("revisions", [])
         revisions.append(f"{arguments[0]}-{len(revisions) + 1:05d}-x")
+        # The Cloud Functions API keeps its images in a repository of its own.
+        self._push_image(flags["region"], "gcf-artifacts", arguments[0], function, revisions[-1])
         function |= {
             "region": flags["region"],
             "service_account": flags["service-account"],
@@ -356,6 +359,9 @@ class Gcloud:
             function = self.state["functions"][name] = {"policy": {}, "revisions": [], "traffic": {}, "tags": {}}
         revisions = function.setdefault("revisions", [])
         revisions.append(f"{name}-{len(revisions) + 1:05d}-x")
+        # gcloud's source deploys push to cloud-run-source-deploy (made on the first one if missing),
+        # one image version per deploy, in a package named after the service.
+        self._push_image(flags["region"], "cloud-run-source-deploy", name, function, revisions[-1])
         function |= {
             "region": flags["region"],
             "service_account": flags["service-account"],
@@ -370,6 +376,16 @@ class Gcloud:
         if "tag" in flags:
             function.setdefault("tags", {})[flags["tag"]] = revisions[-1]
         return ""
+
+    def _push_image(self, region: str, repository: str, package: str, function: dict[str, Any], revision: str) -> None:
+        """A new image version of `package`, made today (the state's `day`), run by `revision`."""
+        repo = self.state.setdefault("repositories", {}).setdefault(
+            f"{region}/{repository}", {"format": "docker", "policies": [], "dry_run": True, "versions": []}
+        )
+        digest = f"sha256:{len(repo['versions']) + 1:064x}"
+        repo["versions"].append({"package": package, "version": digest, "day": self.state.get("day", 0)})
+        image = f"{region}-docker.pkg.dev/{self.state['project']}/{repository}/{package}@{digest}"
+        function.setdefault("images", {})[revision] = image
 
     def _service_url(self, name: str) -> str:
         base = self.state.get("function_uri")
@@ -410,6 +426,8 @@ class Gcloud:
             return "goog-managed-by=cloudfunctions" if managed_by == "cloudfunctions" else ""
         if not requested:
             return f"metadata:\n  name: {arguments[0]}"
+        if requested == "value(status.latestCreatedRevisionName)":
+            return str(function["revisions"][-1])
         if requested == "value(status.latestCreatedRevisionName,status.url)":
             return f"{function['revisions'][-1]}\t{function.get('uri', self._service_url(arguments[0]))}"
         assert flags.get("flatten") == "status.traffic[]", flags
@@ -464,6 +482,41 @@ class Gcloud:
             raise Refused(f"NOT_FOUND: Service [{name}] could not be found in {flags.get('region')}")
         found: dict[str, Any] = function
         return found
+
+    # ---- Artifact Registry ---------------------------------------------------------------------
+    def _repository(self, arguments: list[str], flags: dict[str, str]) -> dict[str, Any] | None:
+        repositories = self.state.setdefault("repositories", {})
+        found: dict[str, Any] | None = repositories.get(f"{flags['location']}/{arguments[0]}")
+        return found
+
+    def _artifacts_repositories_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self._repository(arguments, flags) is None:
+            raise Refused(f"NOT_FOUND: Requested entity was not found. (repository {arguments[0]})")
+        return f"name: projects/{self.state['project']}/locations/{flags['location']}/repositories/{arguments[0]}"
+
+    def _artifacts_repositories_create(self, arguments: list[str], flags: dict[str, str]) -> str:
+        if self._repository(arguments, flags) is not None:
+            raise Refused(f"ALREADY_EXISTS: the repository {arguments[0]} already exists")
+        assert flags.get("repository-format") == "docker", flags
+        self.state["repositories"][f"{flags['location']}/{arguments[0]}"] = {
+            "format": "docker",
+            "policies": [],
+            # A repository without policies deletes nothing; set-cleanup-policies says which mode applies.
+            "dry_run": True,
+            "versions": [],
+        }
+        return ""
+
+    def _artifacts_repositories_set_cleanup_policies(self, arguments: list[str], flags: dict[str, str]) -> str:
+        repository = self._repository(arguments, flags)
+        if repository is None:
+            raise Refused(f"NOT_FOUND: Requested entity was not found. (repository {arguments[0]})")
+        assert "policy" in flags or "dry-run" in flags or "no-dry-run" in flags, "one of --policy, --[no-]dry-run"
+        if "policy" in flags:
+            repository["policies"] = _cleanup_policies(flags["policy"])
+        if "no-dry-run" in flags or "dry-run" in flags:
+            repository["dry_run"] = "dry-run" in flags
+        return ""
 
     # ---- the private path ----------------------------------------------------------------------
     def _compute_addresses_describe(self, arguments: list[str], flags: dict[str, str]) -> str:
@@ -672,7 +725,83 @@ def _config(path: str) -> dict[str, Any]:
     return loaded
 
 
-FILE_FLAGS = re.compile(r"^--(config|[a-z-]+-from-file)=(.+)$")
+def _cleanup_policies(path: str) -> list[dict[str, Any]]:
+    """A cleanup policy file, checked as gcloud's parser checks it (command_lib/artifacts/
+    cleanup_policy_util.py): a list of named policies, each a Keep or Delete action with either a
+    condition or mostRecentVersions."""
+    policies = json.loads(Path(path).read_text())
+    if not isinstance(policies, list):
+        raise Refused("Policy file must contain a list of policies.")
+    names = [policy.get("name") for policy in policies]
+    if None in names or len(set(names)) != len(names):
+        raise Refused(f"every policy needs a name of its own: {names}")
+    for policy in policies:
+        if policy.get("action", {}).get("type") not in ("Keep", "Delete"):
+            raise Refused(f"Invalid action in policy {policy['name']}")
+        if ("condition" in policy) == ("mostRecentVersions" in policy):
+            raise Refused(f'Only one of "condition" or "mostRecentVersions" allowed in policy "{policy["name"]}".')
+    return list(policies)
+
+
+def _days(duration: str) -> int:
+    number, unit = int(duration[:-1]), duration[-1]
+    return {"d": number, "h": number // 24}[unit]
+
+
+def run_cleanup(state: dict[str, Any]) -> list[str]:
+    """One run of Artifact Registry's cleanup on every repository, on the state's `day`; returns the
+    versions deleted. As Google's cleanup policy overview says: a version matching a Keep policy is
+    kept even when a Delete policy matches it; Keep most recent versions keeps the newest keepCount
+    versions of each package its prefixes name; a repository in dry run deletes nothing."""
+    today = state.get("day", 0)
+    deleted = []
+    for repository in state.get("repositories", {}).values():
+        if repository["dry_run"]:
+            continue
+        versions = repository["versions"]
+
+        def matches(version: dict[str, Any], prefixes: list[str] | None) -> bool:
+            return prefixes is None or any(version["package"].startswith(prefix) for prefix in prefixes)
+
+        kept, doomed = set(), set()
+        for policy in repository["policies"]:
+            if "mostRecentVersions" in policy:
+                recent = policy["mostRecentVersions"]
+                by_package: dict[str, list[dict[str, Any]]] = {}
+                for version in versions:
+                    if matches(version, recent.get("packageNamePrefixes")):
+                        by_package.setdefault(version["package"], []).append(version)
+                for listed in by_package.values():
+                    # Newest first: by day, then by push order within a day.
+                    newest = [v for _, v in sorted(enumerate(listed), key=lambda p: (p[1]["day"], p[0]), reverse=True)]
+                    kept |= {version["version"] for version in newest[: recent["keepCount"]]}
+                continue
+            condition = policy["condition"]
+            assert condition.get("tagState", "ANY") == "ANY", "the stand-in keeps no tags"
+            chosen = {
+                version["version"]
+                for version in versions
+                if matches(version, condition.get("packageNamePrefixes"))
+                and today - version["day"] > _days(condition.get("olderThan", "0d"))
+            }
+            if policy["action"]["type"] == "Keep":
+                kept |= chosen
+            else:
+                doomed |= chosen
+        gone = doomed - kept
+        repository["versions"] = [version for version in versions if version["version"] not in gone]
+        deleted += sorted(gone)
+    return deleted
+
+
+def image_exists(state: dict[str, Any], image: str) -> bool:
+    """Whether the image a revision runs (REGION-docker.pkg.dev/PROJECT/REPO/PACKAGE@DIGEST) is still stored."""
+    location, _, repository, _ = image.split("/", 3)
+    stored = state.get("repositories", {}).get(f"{location.removesuffix('-docker.pkg.dev')}/{repository}")
+    return stored is not None and any(image.endswith("@" + version["version"]) for version in stored["versions"])
+
+
+FILE_FLAGS = re.compile(r"^--(config|policy|[a-z-]+-from-file)=(.+)$")
 
 
 def record(args: list[str]) -> None:
@@ -722,6 +851,7 @@ def new_state(project: str, owner: str) -> dict[str, Any]:
         "service_accounts": {},
         "instances": {},
         "functions": {},
+        "repositories": {},
         "services": [],
         "calls": [],
     }

@@ -151,6 +151,20 @@ ROLES: dict[str, Role] = {
         frozenset({"artifactregistry.repositories.uploadArtifacts"}),
         "partly: the page names the role for storing the build's images; the permission is inferred",
     ),
+    "roles/artifactregistry.admin": Role(
+        "https://cloud.google.com/iam/docs/roles-permissions/artifactregistry",
+        frozenset(
+            {
+                "artifactregistry.repositories.get",
+                "artifactregistry.repositories.create",
+                "artifactregistry.repositories.update",
+            }
+        ),
+        (
+            "yes: the role reference gives Artifact Registry Administrator `artifactregistry.*`; the "
+            "cleanup-policy page names this role and `artifactregistry.repositories.update` for applying policies"
+        ),
+    ),
     "roles/compute.networkAdmin": Role(
         "https://cloud.google.com/vpc/docs/configure-private-services-access",
         frozenset(

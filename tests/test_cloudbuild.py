@@ -617,6 +617,13 @@ def test_every_identity_holds_every_permission_its_steps_need(
             assert need.role in held, f"{need.runs_as} lacks {need.role} on {need.on} for {need.command}: {held}"
 
 
+def test_bootstrap_makes_the_image_repository_with_its_cleanup_policy(bootstrapped: dict[str, Any]) -> None:
+    """Before the first image: tests/test_rollback.py checks the policy against rollback.sh."""
+    repository = bootstrapped["repositories"]["europe-west1/cloud-run-source-deploy"]
+    assert repository["policies"] == json.loads((ROOT / "scripts" / "artifact-cleanup-policy.json").read_text())
+    assert repository["dry_run"] is False, "a policy in dry run deletes nothing"
+
+
 def test_the_role_table_of_the_document_is_the_model() -> None:
     documented = iam_model.documented_roles()
     for role, granted in iam_model.ROLES.items():
@@ -1049,6 +1056,27 @@ def test_a_function_deployed_by_the_previous_release_is_detached_once_then_rolle
     (deploy,) = [call["args"] for call in upgraded.state["calls"] if call["args"][:2] == ["run", "deploy"]]
     assert "--no-traffic" in deploy, "the detached function exists: its candidate starts without traffic"
     assert upgraded.service()["traffic"] == {CANDIDATE: 100}
+    # The previous release's revision, serving when the upgrade began, is a rollback target.
+    assert upgraded.service()["tags"]["promoted-00001"] == OLD
+    assert f"{OLD} (deployed before this release) serves all traffic: tagged promoted-00001" in upgraded.output
+    owner = fake_gcloud.Project(tmp_path / "previous", upgraded.state)
+    back = owner.run("rollback.sh", PROJECT=PROJECT)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert owner.state["functions"][FUNCTION]["traffic"] == {OLD: 100}
+
+
+def test_a_first_revision_that_failed_its_smoke_test_never_becomes_a_rollback_target(
+    config: dict[str, Any], tmp_path: Path, bootstrapped: dict[str, Any]
+) -> None:
+    """Only a service no build of this release deployed to has its serving revision marked: the
+    first deploy of this release takes traffic at once, and when its smoke test failed, it keeps
+    the `candidate` tag and is not marked by the next build."""
+    upstreams: dict[str, str | list[int]] = {OLD: [503], CANDIDATE: [200]}
+    failed = rollout(config, tmp_path, json.loads(json.dumps(bootstrapped)), upstreams)
+    assert not failed.passed and failed.service()["tags"] == {"candidate": OLD}
+    passed = rollout(config, tmp_path, failed.state, upstreams, front=failed.front)
+    assert passed.passed, passed.output
+    assert passed.service()["tags"] == {"candidate": CANDIDATE, "promoted-00002": CANDIDATE}
 
 
 def test_without_the_openid_token_role_the_smoke_test_gets_no_token(
