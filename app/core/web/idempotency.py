@@ -2,8 +2,8 @@
 
 A keyed create is one statement (`Idempotency.create`): it inserts the row and, from the row it
 returns, the key with the columns the route publishes (its response model's), so either both
-exist or neither does: a request that fails
-leaves no record, and its retry runs afresh. When the key already holds a live answer, its ON
+exist or neither does: a request that fails leaves no record, and its retry runs afresh. When the
+key already holds a live answer, its ON
 CONFLICT calls `idempotency_key_live()` (made by the migrations), which aborts the statement, row
 and all; a second round trip then reads the stored answer and replays it, rendered from the stored
 columns exactly as the first answer was. A repeat arriving while the first still runs waits on the
