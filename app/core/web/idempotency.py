@@ -79,7 +79,10 @@ _THIS_KEY = tuple_(bindparam("idempotency_principal", type_=Text), bindparam("id
 _expired = select(_TABLE.c.principal, _TABLE.c.key).where(
     _TABLE.c.created_at < func.now() - _TTL, _KEY_COLUMNS != _THIS_KEY
 )
-_FORGET = delete(_TABLE).where(_KEY_COLUMNS.in_(_expired.limit(EXPIRED_ROWS_PER_WRITE).scalar_subquery()))
+# Oldest first, so that the created_at index finds them: without the order, the planner scans the
+# whole table (every live key) on every keyed create.
+_oldest_expired = _expired.order_by(_TABLE.c.created_at).limit(EXPIRED_ROWS_PER_WRITE)
+_FORGET = delete(_TABLE).where(_KEY_COLUMNS.in_(_oldest_expired.scalar_subquery()))
 _LIVE = _TABLE.c.created_at > func.now() - _TTL
 _ANSWER = ("fingerprint", "status", "body", "location", "etag", "resource")
 
