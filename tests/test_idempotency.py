@@ -324,6 +324,27 @@ async def test_each_stored_answer_forgets_other_expired_keys(client: httpx.Async
     assert await fetchval(database_url, "SELECT count(*) FROM idempotency_keys WHERE key = ANY($1)", keys) == 0
 
 
+async def test_forgetting_expired_keys_spares_one_being_stored_again(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """A request storing a new answer under an expired key holds its row: another keyed create
+    that is forgetting expired keys passes it by, and the new answer stays."""
+    reused = key()
+    await client.post("/v1/projects", json={"name": unique()}, headers=reused)
+    reused_key = reused["Idempotency-Key"]
+    age = "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1"
+    await fetch(database_url, age, reused_key)
+    holder = await asyncpg.connect(libpq_url(database_url))
+    try:
+        async with holder.transaction():  # the new answer, stored but not yet committed
+            await holder.execute("UPDATE idempotency_keys SET created_at = now() WHERE key = $1", reused_key)
+            other = client.post("/v1/projects", json={"name": unique()}, headers=key())
+            assert (await asyncio.wait_for(other, timeout=10)).status_code == 201  # not queued behind it
+    finally:
+        await holder.close()
+    assert await fetchval(database_url, "SELECT count(*) FROM idempotency_keys WHERE key = $1", reused_key) == 1
+
+
 async def test_a_repeat_just_after_the_first_committed_replays_instead_of_name_taken(
     client: httpx.AsyncClient, database_url: str
 ) -> None:

@@ -80,9 +80,16 @@ _expired = select(_TABLE.c.principal, _TABLE.c.key).where(
     _TABLE.c.created_at < func.now() - _TTL, _KEY_COLUMNS != _THIS_KEY
 )
 # Oldest first, so that the created_at index finds them: without the order, the planner scans the
-# whole table (every live key) on every keyed create.
-_oldest_expired = _expired.order_by(_TABLE.c.created_at).limit(EXPIRED_ROWS_PER_WRITE)
-_FORGET = delete(_TABLE).where(_KEY_COLUMNS.in_(_oldest_expired.scalar_subquery()))
+# whole table (every live key) on every keyed create. Rows another statement holds are skipped
+# (it may be storing a new answer under an expired key, and concurrent creates need not queue on
+# the same few rows), and the DELETE checks expiry on the row itself: after waiting on a row,
+# PostgreSQL re-checks the DELETE's own conditions, never the subquery's.
+_oldest_expired = (
+    _expired.order_by(_TABLE.c.created_at).limit(EXPIRED_ROWS_PER_WRITE).with_for_update(skip_locked=True)
+)
+_FORGET = delete(_TABLE).where(
+    _KEY_COLUMNS.in_(_oldest_expired.scalar_subquery()), _TABLE.c.created_at < func.now() - _TTL
+)
 _LIVE = _TABLE.c.created_at > func.now() - _TTL
 _ANSWER = ("fingerprint", "status", "body", "location", "etag", "resource")
 
@@ -216,6 +223,8 @@ class Idempotency:
             if not is_live and not isinstance(error, asyncpg.IntegrityConstraintViolationError):
                 raise
             stored = await _stored(table).fetchrow(connection, **keyed, idempotency_fingerprint=self.fingerprint)
+            if stored is None and is_live:  # it expired between the two statements: now it is replaced
+                return await self.create(connection, table, create, values, location_prefix=location_prefix)
             if stored is None:  # a constraint this request broke on its own: the caller maps it
                 raise
             raise AnswerStored(self._replay(stored)) from None

@@ -247,7 +247,9 @@ def render(content: Any) -> bytes:
             raise error.__cause__ from None  # its own message names the route and the fix
         try:
             return orjson.dumps(content, default=encode, option=_OPTIONS | orjson.OPT_NON_STR_KEYS)
-        except orjson.JSONEncodeError:
+        except orjson.JSONEncodeError as again:
+            if isinstance(again.__cause__, UnshapedRow):
+                raise again.__cause__ from None
             raise error from None
 
 
