@@ -481,3 +481,14 @@ async def test_a_key_reused_on_an_endpoint_of_another_table_is_422(orders_client
     assert task.status_code == 201, task.text
     response = await orders_client.post("/v1/orders", json={"created": "x"}, headers=headers)
     assert ["header", "idempotency-key"] in error_locations(assert_problem(response, 422))
+
+
+async def test_a_create_given_idempotency_without_a_location_prefix_fails_even_without_a_key() -> None:
+    """Forgetting the prefix fails the route's first test, not only its keyed requests."""
+    from app.core.db import crud
+    from app.core.web.idempotency import Idempotency
+    from app.projects.models import Project
+
+    unkeyed = Idempotency(principal="", key=None, fingerprint="")
+    with pytest.raises(TypeError, match="location_prefix="):
+        await crud.create(None, Project, {"name": "x"}, principal=None, idempotency=unkeyed)  # type: ignore[arg-type]

@@ -99,12 +99,12 @@ async def create(
     Idempotency-Key, the same statement stores the answer, whose Location is `location_prefix` +
     the new id (`AnswerStored` when the key has one: the app's handler replays it). Give the same
     prefix to `created_response`, so that a replay's Location is the first answer's."""
+    if idempotency is not None and location_prefix is None:  # on every request, keyed or not: the first test finds it
+        raise TypeError("a create with idempotency= needs location_prefix=, where the new resource will be")
     values = _with_python_defaults(model, values | {"created_by": principal, "updated_by": principal})
     columns = tuple(values)
     created: Row | None
-    if idempotency is not None and idempotency.key is not None:
-        if location_prefix is None:
-            raise TypeError("a keyed create needs location_prefix=, where the new resource will be (its Location)")
+    if idempotency is not None and idempotency.key is not None and location_prefix is not None:
         create = _insert_returning(model, columns)
         created = await idempotency.create(connection, _table(model), create, values, location_prefix=location_prefix)
     else:

@@ -84,9 +84,7 @@ _expired = select(_TABLE.c.principal, _TABLE.c.key).where(
 # (it may be storing a new answer under an expired key, and concurrent creates need not queue on
 # the same few rows), and the DELETE checks expiry on the row itself: after waiting on a row,
 # PostgreSQL re-checks the DELETE's own conditions, never the subquery's.
-_oldest_expired = (
-    _expired.order_by(_TABLE.c.created_at).limit(EXPIRED_ROWS_PER_WRITE).with_for_update(skip_locked=True)
-)
+_oldest_expired = _expired.order_by(_TABLE.c.created_at).limit(EXPIRED_ROWS_PER_WRITE).with_for_update(skip_locked=True)
 _FORGET = delete(_TABLE).where(
     _KEY_COLUMNS.in_(_oldest_expired.scalar_subquery()), _TABLE.c.created_at < func.now() - _TTL
 )
