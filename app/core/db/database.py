@@ -95,6 +95,8 @@ class Database:
             # Never hand a broken connection to the next request, nor one whose statement was
             # cancelled midway (a timeout or shutdown cancels the task, not the statement). An error
             # of other code (an HTTP call that timed out) leaves the connection as good as it was.
+            # A query's own cancellation (asyncpg's `timeout=`) asks the server to cancel it; that
+            # the request gets through the Cloud SQL connector was not tested here.
             cause = database_cause(error, connection) if isinstance(error, Exception) else None
             broken = not isinstance(error, Exception) or (cause is not None and breaks_the_connection(cause))
             pool.release(connection, discard=broken)
