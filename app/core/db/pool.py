@@ -6,11 +6,12 @@ Why not SQLAlchemy's QueuePool or asyncpg's Pool, each measured as this service'
   idle, and opens another on the next burst: under load, many new connections a second (each one
   a TLS handshake and an IAM login through the Cloud SQL connector), and it never closes idle
   connections below `pool_size`, however many instances hold theirs.
-- asyncpg's Pool, swapped in for an A/B (`BENCH_POOL=asyncpg`, bench/asyncpg_pool.py), costs the
-  same CPU per request; latency was no reason either way. It fails a request whenever the server
-  refuses a new connection for lack of slots (SQLSTATE 53300): at twice the connection budget
-  (`make scale`) a large share of the requests were 503 and the instances holding no connection
-  served none, where this pool's 503s stayed rare.
+- asyncpg's Pool, swapped in for an A/B (`BENCH_POOL=asyncpg`, bench/asyncpg_pool.py), costs about
+  the same CPU per request, but lets newcomers overtake waiters: on a quiet machine its p99 under
+  load was about twice this pool's. And it fails a request whenever the server refuses a new
+  connection for lack of slots (SQLSTATE 53300): at twice the connection budget (`make scale`)
+  about half the requests were 503 and the instances holding no connection served none, where
+  this pool answered them all.
 
 This pool opens at most `max_size` connections, on demand; hands a released one to the longest
 waiter; reuses the most recently released first, so spare ones sit idle and are closed after
