@@ -199,27 +199,22 @@ def _shape(route: Any) -> RowShape | _Unshaped:
     return shape
 
 
-def _route() -> Any:
+def _current() -> RowShape | _Unshaped:
+    """The shape of the rows of the route being served (`_NO_ROUTE` outside one)."""
     scope = _current_scope.get()
-    return scope.get("route") if scope is not None else None
+    route = scope.get("route") if scope is not None else None
+    return _NO_ROUTE if route is None else _shape(route)
 
 
 def _encoder() -> Callable[[Any], Any]:
     """The `default` of this render: the shape of the route being served."""
-    route = _route()
-    if route is None:
-        return _NO_ROUTE.encode
-    encode: Callable[[Any], Any] | None = getattr(route, "_encode_rows", None)
-    if encode is None:
-        encode = route._encode_rows = _shape(route).encode
-    return encode
+    return _current().encode
 
 
 def current_shape() -> RowShape:
     """The shape the route being served gives its rows: the columns it publishes (`UnshapedRow`,
     naming the fix, when it has none)."""
-    route = _route()
-    shape = _shape(route) if route is not None else _NO_ROUTE
+    shape = _current()
     if isinstance(shape, _Unshaped):
         raise shape.refusal()
     return shape
