@@ -203,6 +203,19 @@ ENDPOINTS = (
 WRITES = frozenset({"create_task", "create_task_unkeyed", "patch_task"})
 
 
+def profiled_endpoints() -> tuple[str, ...]:
+    """BENCH_PROFILE=create_task,patch_task profiles those endpoints (default: the two reads)."""
+    named = os.environ.get("BENCH_PROFILE", "get_task,list_tasks")
+    wanted = [mode.strip() for mode in named.split(",") if mode.strip()]
+    unknown = set(wanted) - {mode for mode, _ in ENDPOINTS}
+    if unknown:
+        raise SystemExit(
+            f"bench: BENCH_PROFILE names unknown endpoints {sorted(unknown)}; known: "
+            + ", ".join(mode for mode, _ in ENDPOINTS)
+        )
+    return tuple(wanted)
+
+
 def selected_servers() -> tuple[Server, ...]:
     """BENCH_SERVERS=service,lean runs a subset (targets that need a missing server show n/a)."""
     wanted = os.environ.get("BENCH_SERVERS", "")
@@ -942,7 +955,7 @@ def run_once(run: int, servers: tuple[Server, ...], bench: Bench) -> dict[str, A
 
 
 def profile_service(bench: Bench) -> dict[str, Any]:
-    """py-spy samples the service's worker (settings as deployed) under GET and list load."""
+    """py-spy samples the service's worker (settings as deployed) under the load of each profiled endpoint."""
     py_spy = shutil.which("py-spy", path=str(BIN)) or shutil.which("py-spy")
     if py_spy is None:
         return {"error": "py-spy is not installed (bench/requirements.txt lists it)"}
@@ -953,7 +966,9 @@ def profile_service(bench: Bench) -> dict[str, Any]:
     try:
         first_200(process, port, f"/v1/tasks/{bench.dataset.task_ids[0]}", time.perf_counter())
         (worker,) = children_of(process.pid)
-        for mode, label in ENDPOINTS[:2]:
+        for mode, label in ENDPOINTS:
+            if mode not in profiled_endpoints():
+                continue
             print(f"bench: profile: {label}: py-spy on the worker for {PROFILE_S} s under load ...", flush=True)
             run_wrk(bench.wrk, bench.pinning, port, mode, bench.ids_dir, max(WARMUP_S, 1))
             # The load starts first and outlasts the recording by a second at each end.
@@ -1146,7 +1161,7 @@ def main() -> int:
         print()
         print("\n".join(report.render(results, labels)))
         print()
-        print("\n".join(profile_summary.render(profile, {mode: labels[mode] for mode in ("get_task", "list_tasks")})))
+        print("\n".join(profile_summary.render(profile, {mode: labels[mode] for mode in profiled_endpoints()})))
         for key, lines in unusual.items():
             print(f"bench: {key} wrote {len(lines)} unexpected log line(s); first: {lines[0][:300]}")
         for index, run_result in enumerate(runs, 1):

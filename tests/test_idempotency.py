@@ -11,6 +11,8 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import APIRouter, Request, Response
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 from sqlmodel import Field, SQLModel
@@ -20,6 +22,7 @@ from app.core.db import crud
 from app.core.db.database import database_of
 from app.core.models import TIMESTAMP, Audited, AuditedPublic
 from app.core.settings import Settings
+from app.core.web import idempotency
 from app.core.web.idempotency import IdempotencyDep
 from app.core.web.resources import created_response
 from tests.helpers import (
@@ -492,3 +495,17 @@ async def test_a_create_given_idempotency_without_a_location_prefix_fails_even_w
     unkeyed = Idempotency(principal="", key=None, fingerprint="")
     with pytest.raises(TypeError, match="location_prefix="):
         await crud.create(None, Project, {"name": "x"}, principal=None, idempotency=unkeyed)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.text(alphabet=st.sampled_from("/a%?#\\\t\r\n :;.é\x00\x85\u2028"), max_size=12).map("/".__add__),
+    host=st.sampled_from([[(b"host", b"example.com")], [(b"host", b"")], []]),
+    server=st.sampled_from([("testserver", 80), None]),
+)
+def test_the_fingerprinted_path_is_the_one_earlier_releases_hashed(
+    path: str, host: list[tuple[bytes, bytes]], server: tuple[str, int] | None
+) -> None:
+    """Keys stored before an upgrade replay only if the request hashes as it did: `request.url.path`."""
+    request = Request({"type": "http", "method": "POST", "path": path, "headers": host, "server": server})
+    assert idempotency._url_path(request) == request.url.path

@@ -172,8 +172,8 @@ class Pool:
             if isinstance(error, TimeoutError):
                 raise PoolTimeout(f"no database connection became free in {self._timeout_s:g} s") from None
             raise
-        finally:
-            with contextlib.suppress(ValueError):
+        finally:  # a waiter handed a connection was already taken off; `in` first: remove's miss would repr() it
+            if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
     def _wake_all_unless_holding(self) -> None:

@@ -1,0 +1,50 @@
+"""The resources' routes registered on the app itself, as FastAPI's `include_router` did before 0.137.
+
+Since 0.137, `include_router` keeps the router as one node that FastAPI resolves on every request,
+matching its routes twice (once to find the router, once to pick the route). With this app's
+routers that cost about 45 µs of CPU per request, some 10 % of a task read (docs/benchmarks.md);
+a route on the app itself is one regular-expression match. `add_routes` re-declares each
+`APIRoute` of a router on the app with `add_api_route`, FastAPI's public call, passing every
+option the route was declared with, so the route is the one the router would have served: same
+dependencies (the router's are already in each route), responses, tags, operation ids, body limits,
+and `app.dependency_overrides` apply. A router holding anything else (a plain Starlette route, a
+WebSocket, a nested router) or with start-up and shutdown handlers of its own is included as usual.
+"""
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, params
+from fastapi.routing import APIRoute
+
+# The options `add_api_route` takes, each kept by APIRoute under the same name.
+_OPTIONS = tuple(
+    name
+    for name in inspect.signature(APIRouter.add_api_route).parameters
+    if name not in {"self", "path", "endpoint", "route_class_override"}
+)
+
+
+def _declared(route: APIRoute) -> dict[str, Any] | None:
+    """The options `route` was declared with, or None if FastAPI no longer keeps one of them."""
+    if not all(hasattr(route, name) for name in _OPTIONS):
+        return None
+    return {name: getattr(route, name) for name in _OPTIONS}
+
+
+_DEFAULT_LIFESPAN = type(APIRouter().lifespan_context)
+
+
+def add_routes(app: FastAPI, router: APIRouter, *, dependencies: Sequence[params.Depends] = ()) -> None:
+    """Serve `router`'s routes from the app's own route list (see above), else `include_router`.
+    `dependencies` come before each route's own, as `include_router(dependencies=...)` puts them."""
+    options = [_declared(route) if isinstance(route, APIRoute) else None for route in router.routes]
+    own_lifespan = not isinstance(router.lifespan_context, _DEFAULT_LIFESPAN)
+    if own_lifespan or router.on_startup or router.on_shutdown or any(option is None for option in options):
+        app.include_router(router, dependencies=dependencies)
+        return
+    for route, declared in zip(router.routes, options, strict=True):
+        assert isinstance(route, APIRoute) and declared is not None
+        declared["dependencies"] = [*dependencies, *declared["dependencies"]]
+        app.router.add_api_route(route.path, route.endpoint, route_class_override=type(route), **declared)
