@@ -3,6 +3,8 @@
 import io
 import json
 import logging
+import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +12,7 @@ import httpx
 import pytest
 
 from app.core.observability.logs import CloudLoggingFormatter, TextFormatter
+from app.core.web.middleware import new_request_id
 from tests.helpers import unique
 from tests.identity_fakes import Issuer
 
@@ -162,3 +165,19 @@ def test_text_format_is_for_people() -> None:
     record = logging.LogRecord("app.x", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
     line = TextFormatter().format(record)
     assert line.endswith("WARNING app.x disk full")
+
+
+def test_request_ids_made_in_forked_workers_differ() -> None:
+    """Workers fork from the process that imported the app: each makes ids of its own."""
+    ids = set()
+    for _ in range(2):
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's coverage is not collected
+            os.write(write, new_request_id().encode())
+            os._exit(0)
+        os.close(write)
+        ids.add(os.read(read, 64).decode())
+        os.close(read)
+        os.waitpid(child, 0)
+    assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", made) for made in ids)
