@@ -2,17 +2,21 @@
 
 import asyncio
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 import asyncpg
 import httpx
+import orjson
 import pytest
+import sqlalchemy as sa
 from fastapi import APIRouter, Request, Response
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import DateTime
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 from sqlmodel import Field, SQLModel
@@ -509,3 +513,30 @@ def test_the_fingerprinted_path_is_the_one_earlier_releases_hashed(
     """Keys stored before an upgrade replay only if the request hashes as it did: `request.url.path`."""
     request = Request({"type": "http", "method": "POST", "path": path, "headers": host, "server": server})
     assert idempotency._url_path(request) == request.url.path
+
+
+def _moments(zone: Any) -> list[datetime]:
+    """Whole seconds, fractions with trailing zeros, the calendar's ends (asyncpg sends the very last
+    microsecond as infinity), and a spread between."""
+    chosen = random.Random(20261207)
+    edges = [(1, 1, 1, 0), (9999, 12, 31, 999_998), (2024, 2, 29, 0), (2026, 12, 7, 1), (2026, 12, 7, 100_000)]
+    moments = [datetime(year, month, day, 23, 59, 59, micro, tzinfo=zone) for year, month, day, micro in edges]
+    for _ in range(300):
+        micro = chosen.choice([0, chosen.randrange(1_000_000), chosen.randrange(100) * 10_000])
+        moments.append(datetime.fromtimestamp(chosen.uniform(-2e9, 4e9), UTC).replace(microsecond=micro, tzinfo=zone))
+    return moments
+
+
+@pytest.mark.parametrize("zone", [UTC, None])
+async def test_timestamps_are_spelled_in_sql_as_the_renderer_spells_them(database_url: str, zone: Any) -> None:
+    """The stored `body`, replayed as it is by a release rolled back to, spells each timestamp as
+    the first answer (orjson) did: with or without a fraction, in UTC with Z, or without a zone."""
+    kind = DateTime(timezone=zone is not None)
+    spelled = idempotency._as_json_text(sa.column("moment", kind)).compile(dialect=postgresql.dialect())
+    array = "timestamptz[]" if zone is not None else "timestamp[]"
+    moments = _moments(zone)
+    rows = await fetch(
+        database_url, f"SELECT {spelled} FROM unnest($1::{array}) WITH ORDINALITY AS t(moment, n) ORDER BY n", moments
+    )
+    rendered = [orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode().strip('"') for moment in moments]
+    assert [row[0] for row in rows] == rendered

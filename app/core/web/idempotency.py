@@ -102,9 +102,10 @@ def _as_json_text(column: Any) -> Any:
     kind = column.type
     if isinstance(kind, DateTime):
         moment = func.timezone(literal_column("'UTC'"), column) if kind.timezone else column
-        whole_second = func.date_trunc(literal_column("'second'"), moment) == moment
-        fraction = case((whole_second, literal_column("''")), else_=func.to_char(moment, literal_column("'.US'")))
-        spelled = func.to_char(moment, literal_column("'YYYY-MM-DD\"T\"HH24:MI:SS'")).op("||")(fraction)
+        # orjson writes a fraction only when there is one; `.US` always writes six digits, so those
+        # of a whole second are dropped (the spelling's only "."): one to_char per timestamp.
+        spelled = func.to_char(moment, literal_column("'YYYY-MM-DD\"T\"HH24:MI:SS.US'"))
+        spelled = func.replace(spelled, literal_column("'.000000'"), literal_column("''"))
         return spelled.op("||")(literal_column("'Z'")) if kind.timezone else spelled
     if isinstance(kind, Date):
         return func.to_char(column, literal_column("'YYYY-MM-DD'"))
