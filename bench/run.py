@@ -985,6 +985,8 @@ def profile_service(bench: Bench) -> dict[str, Any]:
                 if load.poll() is None:  # interrupted: stop the load too
                     load.kill()
                     load.wait()
+            if mode in WRITES:  # as after each measured run: every server meets the same data
+                asyncio.run(_delete_posted(bench.url, bench.dataset.project_ids))
             if "error" in recorded:
                 profiles[mode] = recorded
                 continue
@@ -1087,7 +1089,7 @@ def estimated_minutes(servers: tuple[Server, ...]) -> float:
     load = len(servers) * (len(ENDPOINTS) * (WARMUP_S + DURATION_S + 1.5) + 3)
     colds = sum(server.cold_starts for server in servers) * COLD_STARTS * 1.3
     per_run = load + colds + IMPORT_SAMPLES * 1.3
-    profile = (2 * (max(WARMUP_S, 1) + PROFILE_S + 4) + 5) if PROFILE_S else 0
+    profile = (len(profiled_endpoints()) * (max(WARMUP_S, 1) + PROFILE_S + 4) + 5) if PROFILE_S else 0
     return (RUNS * per_run + profile + 20) / 60
 
 
@@ -1095,6 +1097,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     began = time.perf_counter()
     servers = selected_servers()
+    profiled_endpoints()  # a misspelt BENCH_PROFILE stops here, not after the runs
     pinning = choose_pinning()
     dataset = None
     url = ""

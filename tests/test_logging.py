@@ -4,15 +4,16 @@ import io
 import json
 import logging
 import os
+import random
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from gunicorn.glogging import Logger as GunicornLogger
 
-from app.core.observability.logs import CloudLoggingFormatter, TextFormatter
-from app.core.web.middleware import new_request_id
+from app.core.observability.logs import CloudLoggingFormatter, TextFormatter, configure_logging, new_request_id
 from tests.helpers import unique
 from tests.identity_fakes import Issuer
 
@@ -168,16 +169,42 @@ def test_text_format_is_for_people() -> None:
 
 
 def test_request_ids_made_in_forked_workers_differ() -> None:
-    """Workers fork from the process that imported the app: each makes ids of its own."""
+    """Workers fork from the process that imported the app: each makes ids of its own, whatever
+    seeds Python's shared generator (Hypothesis does, for every example)."""
+    random.seed(0)
     ids = set()
     for _ in range(2):
         read, write = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - the child's coverage is not collected
-            os.write(write, new_request_id().encode())
-            os._exit(0)
+            try:
+                random.seed(0)
+                os.write(write, new_request_id().encode())
+            finally:
+                os._exit(0)
         os.close(write)
         ids.add(os.read(read, 64).decode())
         os.close(read)
         os.waitpid(child, 0)
     assert len(ids) == 2 and all(re.fullmatch(r"[0-9a-f]{32}", made) for made in ids)
+
+
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """configure_logging changes the process's logging: put it back afterwards."""
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved
+    logging.root.handlers[:], logging.root.level = handlers, level
+
+
+@pytest.mark.usefixtures("own_logging")
+def test_the_servers_own_error_lines_still_format_once_the_app_owns_logging() -> None:
+    """gunicorn's error lines (uvicorn's "Exception in ASGI application" among them) print the
+    process id as a number: configure_logging must leave it, and the thread's, to be looked up."""
+    configure_logging(level="INFO", json_lines=True)
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application", None, None)
+    line = logging.Formatter(GunicornLogger.error_fmt).format(record)
+    assert f"[{os.getpid()}] [ERROR] Exception in ASGI application" in line
+    assert logging.Formatter("%(thread)d %(threadName)s").format(record) != "None None"

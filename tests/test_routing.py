@@ -1,11 +1,15 @@
 """The resources' routes on the app itself (app/core/web/routing.py): served exactly as
 `include_router` would serve them, without its per-request resolution."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 import app.api
 from app.api import RESOURCE_ROUTERS, create_app
@@ -29,13 +33,20 @@ def test_the_resources_routes_are_the_apps_own(database_url: str) -> None:
     assert all(isinstance(route, APIRoute) or getattr(route, "path", None) in docs for route in served.routes), kinds
 
 
+@pytest.mark.parametrize("auth_mode", ["none", "google"])
 def test_the_openapi_document_is_the_one_include_router_gives(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, auth_mode: str
 ) -> None:
-    flat = create_app(Settings(database_url=database_url)).openapi()
+    """Operation ids, responses, tags, and with authentication on the bearer scheme of every route
+    but the public ones (declared by add_routes' dependencies for the health checks)."""
+    settings = Settings(database_url=database_url, auth_mode=auth_mode, auth_audience="https://example.com")
+    flat = create_app(settings).openapi()
     monkeypatch.setattr(app.api, "add_routes", _included_as_usual)
-    included = create_app(Settings(database_url=database_url)).openapi()
+    included = create_app(settings).openapi()
     assert flat == included
+    if auth_mode == "google":
+        assert "security" not in flat["paths"]["/healthz"]["get"]
+        assert "security" in flat["paths"]["/v1/tasks/{task_id}"]["get"]
 
 
 async def _who() -> str:
@@ -81,6 +92,67 @@ def test_a_router_with_more_than_api_routes_is_included_as_usual() -> None:
     add_routes(served, router)
     assert [type(route).__name__ for route in served.routes][-1] == "_IncludedRouter"
     assert not any(getattr(route, "path", None) == "/v1/plain" for route in served.routes)
+
+
+class Item(BaseModel):
+    name: str
+
+
+@asynccontextmanager
+async def _own_lifespan(_: Any) -> AsyncIterator[None]:
+    yield
+
+
+def _routers_include_router_must_serve(folder: Path) -> list[tuple[str, APIRouter]]:
+    """Routers holding what FastAPI serves from the router itself, not from a route's options."""
+    streaming = APIRouter()
+
+    @streaming.get("/v1/items")
+    async def items() -> AsyncIterator[Item]:  # pragma: no cover - never called
+        yield Item(name="one")
+
+    form_limited = APIRouter(form_limits={"max_files": 0})
+    form_limited.get("/v1/limited")(_plain)
+    frontend = APIRouter()
+    frontend.get("/v1/api")(_plain)
+    frontend.frontend("/", directory=folder, check_dir=False)
+    with_lifespan = APIRouter(lifespan=_own_lifespan)
+    with_lifespan.get("/v1/lifespan")(_plain)
+    with_startup = APIRouter(on_startup=[_plain])
+    with_startup.get("/v1/startup")(_plain)
+    return [
+        ("a streaming route's item type", streaming),
+        ("the router's form limits", form_limited),
+        ("a frontend", frontend),
+        ("a lifespan", with_lifespan),
+        ("a start-up handler", with_startup),
+    ]
+
+
+async def _plain() -> dict[str, str]:  # pragma: no cover - never called
+    return {}
+
+
+def test_a_router_with_what_only_include_router_serves_is_included_as_usual(tmp_path: Path) -> None:
+    for what, router in _routers_include_router_must_serve(tmp_path):
+        served = FastAPI()
+        add_routes(served, router)
+        assert type(served.routes[-1]).__name__ == "_IncludedRouter", what
+
+
+def test_a_route_class_of_its_own_is_declared_with_the_options_it_takes(database_url: str) -> None:
+    """A custom APIRoute that predates form_limits is not handed one it was not declared with."""
+
+    class Timed(APIRoute):
+        def __init__(self, path: str, endpoint: Any, **options: Any) -> None:
+            assert "form_limits" not in options  # add_api_route passes it only when one is set
+            super().__init__(path, endpoint, **options)
+
+    router = APIRouter(route_class=Timed)
+    router.get("/v1/timed")(_plain)
+    served = FastAPI()
+    add_routes(served, router)
+    assert isinstance(served.routes[-1], Timed)
 
 
 def test_an_option_fastapi_no_longer_keeps_falls_back_to_include_router(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from app.core.observability.logs import URL_LIMIT, clip
+from app.core.observability.logs import URL_LIMIT, clip, new_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ async def _on_answered(request: Request, exc: Exception) -> Response:
 
 def response_for(request: Request, problem: ProblemError) -> JSONResponse:
     # Set by RequestContextMiddleware on every request; an app driven without it still names the answer.
-    request_id: str = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+    request_id: str = getattr(request.state, "request_id", None) or new_request_id()
     document = ProblemDocument(
         type=problem.type,
         title=problem.title,

@@ -8,7 +8,6 @@ functions-framework runs it) bounds none of these itself.
 """
 
 import asyncio
-import random
 import re
 import time
 from http import HTTPStatus
@@ -20,7 +19,15 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import ProblemError, http_problem, response_for
-from app.core.observability.logs import EXECUTION_ID_LIMIT, RequestContext, clip, current_request, log_access, trace_of
+from app.core.observability.logs import (
+    EXECUTION_ID_LIMIT,
+    RequestContext,
+    clip,
+    current_request,
+    log_access,
+    new_request_id,
+    trace_of,
+)
 
 MAX_HEADER_FIELDS = 100
 MAX_HEADER_BYTES = 16 * 1024  # names and values together
@@ -28,12 +35,6 @@ MAX_TARGET_BYTES = 8 * 1024  # path and query string
 MAX_BODY_BYTES = 1024 * 1024
 BODY_READ_TIMEOUT_S = 10.0
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
-
-
-def new_request_id() -> str:
-    """32 random hex digits. An id, not a secret: Python's generator (reseeded in each forked worker)
-    makes it without the system call and object uuid.uuid4() costs, some 2 % of a read."""
-    return f"{random.getrandbits(128):032x}"
 
 
 def _refusal(status: int, detail: str) -> ProblemError:

@@ -8,7 +8,9 @@ a route on the app itself is one regular-expression match. `add_routes` re-decla
 option the route was declared with, so the route is the one the router would have served: same
 dependencies (the router's are already in each route), responses, tags, operation ids, body limits,
 and `app.dependency_overrides` apply. A router holding anything else (a plain Starlette route, a
-WebSocket, a nested router) or with start-up and shutdown handlers of its own is included as usual.
+WebSocket, a nested router, a streaming route, a frontend), or with a lifespan, start-up or shutdown
+handlers or form limits of its own, is included as usual. The routes are copied when `create_app`
+runs: one added to a resource's router later is not served (add it where the router is declared).
 """
 
 import inspect
@@ -27,10 +29,16 @@ _OPTIONS = tuple(
 
 
 def _declared(route: APIRoute) -> dict[str, Any] | None:
-    """The options `route` was declared with, or None if FastAPI no longer keeps one of them."""
+    """The options `route` was declared with, or None where they do not say it all: FastAPI no
+    longer keeps one of them, or the route streams (its item type is inferred, not an option)."""
     if not all(hasattr(route, name) for name in _OPTIONS):
         return None
-    return {name: getattr(route, name) for name in _OPTIONS}
+    streams = (getattr(route, name, None) for name in ("stream_item_type", "is_json_stream", "is_sse_stream"))
+    if any(streams):
+        return None
+    declared = {name: getattr(route, name) for name in _OPTIONS}
+    declared["form_limits"] = declared["form_limits"] or None  # as declared: a route class may not take it
+    return declared
 
 
 _DEFAULT_LIFESPAN = type(APIRouter().lifespan_context)
@@ -40,8 +48,15 @@ def add_routes(app: FastAPI, router: APIRouter, *, dependencies: Sequence[params
     """Serve `router`'s routes from the app's own route list (see above), else `include_router`.
     `dependencies` come before each route's own, as `include_router(dependencies=...)` puts them."""
     options = [_declared(route) if isinstance(route, APIRoute) else None for route in router.routes]
-    own_lifespan = not isinstance(router.lifespan_context, _DEFAULT_LIFESPAN)
-    if own_lifespan or router.on_startup or router.on_shutdown or any(option is None for option in options):
+    # What the router serves itself, not through a route: its lifespan and handlers, its form
+    # limits, a frontend (served after every route).
+    own = (
+        not isinstance(router.lifespan_context, _DEFAULT_LIFESPAN),
+        router.on_startup or router.on_shutdown,
+        router.form_limits,
+        getattr(router, "_low_priority_routes", None),
+    )
+    if any(own) or any(option is None for option in options):
         app.include_router(router, dependencies=dependencies)
         return
     for route, declared in zip(router.routes, options, strict=True):
