@@ -3,6 +3,7 @@
 import asyncio
 import json
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
@@ -29,6 +30,7 @@ from app.core.settings import Settings
 from app.core.web import idempotency
 from app.core.web.idempotency import IdempotencyDep
 from app.core.web.resources import created_response
+from app.tasks.models import Task, TaskPublic
 from tests.helpers import (
     admin,
     asgi_client,
@@ -540,3 +542,45 @@ async def test_timestamps_are_spelled_in_sql_as_the_renderer_spells_them(databas
     )
     rendered = [orjson.dumps(moment, option=orjson.OPT_UTC_Z).decode().strip('"') for moment in moments]
     assert [row[0] for row in rows] == rendered
+
+
+def _literal(value: Any) -> str:
+    return (
+        "NULL" if value is None else str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+    )
+
+
+def test_a_keyed_create_reads_no_key_of_the_table_until_one_has_expired(create_database: Callable[[], str]) -> None:
+    """The plan the statement keeps was made when the table was empty (a fresh deploy, or a
+    table just cleared); thousands of keys later, none expired, a keyed create still looks at one
+    index entry to learn that nothing is to forget, never at the keys themselves."""
+    url = create_database()
+    run_alembic(url, "upgrade", "head")
+
+    async def plan_of_a_keyed_create() -> str:
+        connection = await asyncpg.connect(libpq_url(url))
+        try:
+            await connection.execute("SET plan_cache_mode = force_generic_plan")  # planned now, on the empty table
+            project = await connection.fetchval("INSERT INTO projects (name) VALUES ('p') RETURNING id")
+            values = {"title": "t", "status": "todo", "priority": 1, "project_id": project, "created_by": None}
+            pairs = tuple((name, name) for name in TaskPublic.model_fields)
+            statement = idempotency._remembering(crud._insert_returning(Task, tuple(values)), pairs)
+            await connection.execute(f"PREPARE keyed AS {statement.sql}")
+            await connection.execute(
+                "INSERT INTO idempotency_keys (principal, key, fingerprint, status, body, location, etag) "
+                "SELECT '', 'old-' || n, 'f', 201, '{}', '/', 'e' FROM generate_series(1, 5000) AS n"
+            )
+            keyed = {"idempotency_principal": "", "idempotency_key": "new", "idempotency_fingerprint": "f"}
+            arguments = statement.arguments(values | keyed | {"idempotency_location": "/v1/tasks/"})
+            rows = await connection.fetch(
+                f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE keyed({', '.join(map(_literal, arguments))})"
+            )
+            return "\n".join(row[0] for row in rows)
+        finally:
+            await connection.close()
+
+    plan = asyncio.run(plan_of_a_keyed_create())
+    scans = [line for line in plan.splitlines() if re.search(r"Scan .*on idempotency_keys", line)]
+    read = [line for line in scans if "never executed" not in line]
+    assert len(read) == 1 and "Index Only Scan using ix_idempotency_keys_created_at" in read[0], plan
+    assert "Rows Removed by Filter" not in plan, plan
