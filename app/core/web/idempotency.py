@@ -76,17 +76,20 @@ _TTL = text("interval '24 hours'")
 _KEY_COLUMNS = tuple_(_TABLE.c.principal, _TABLE.c.key)
 # Named apart from any column a resource's create may bind.
 _THIS_KEY = tuple_(bindparam("idempotency_principal", type_=Text), bindparam("idempotency_key", type_=Text))
-_address: Any = literal_column(f"{_TABLE.name}.ctid")  # the row version's address: a TID scan finds it
+_address: Any = literal_column(f"{_TABLE.name}.ctid")  # a row version's address
 _EXPIRED = _TABLE.c.created_at < func.now() - _TTL
-# Whether any key has expired, from the created_at index's first entry: min() is planned as that
-# one lookup whatever the table's statistics say. Until one has, nothing below runs. (A plan made
-# while the table was small, say just after a deploy, scanned it all on every keyed create to find
-# none: a third of the rate of a keyed create, on a table of a few thousand keys.)
+# Whether any key has expired at all, from the created_at index's first entry (min() is planned as
+# that one lookup); until one has, nothing below runs. Looked for directly, the expired keys were
+# found by a scan of the whole table whenever the statement's plan was made while the table was
+# small (just after a deploy, say), and PostgreSQL keeps the plan as the table grows: a keyed
+# create then read every key to find none, at a third of its rate on a table of a few thousand.
+# tests/test_idempotency.py holds a plan made on the emptied, analyzed table to index lookups.
 _ANY_EXPIRED = select(func.min(_TABLE.c.created_at)).scalar_subquery() < func.now() - _TTL
-# Then the oldest few, through the same index, deleted by address. Rows another statement holds
-# are skipped (it may be storing a new answer under an expired key, and concurrent creates need
-# not queue on the same few rows), and the DELETE checks expiry on the row itself: after waiting on
-# a row, PostgreSQL re-checks the DELETE's own conditions on its newest version, never the subquery's.
+# Then the oldest few, through the same index, locked and deleted by address (a TID scan). Rows
+# another statement holds are skipped: it may be storing a new answer under an expired key, and
+# concurrent creates need not queue on the same few rows. A row stored again and committed since
+# this statement began is re-checked by the lock on its newest version, which is then live and
+# skipped; the rows deleted are the versions this statement locked.
 _oldest_expired = (
     select(_address.label("row"))
     .where(_EXPIRED, _KEY_COLUMNS != _THIS_KEY)
@@ -98,7 +101,7 @@ _oldest_expired = (
 _FORGET = delete(_TABLE).where(
     _ANY_EXPIRED,
     _address == func.any(func.array(select(_oldest_expired.c.row).scalar_subquery())),  # ctid = ANY(ARRAY(...))
-    _EXPIRED,
+    _EXPIRED,  # already so for every row locked above: kept as a guard
 )
 _LIVE = _TABLE.c.created_at > func.now() - _TTL
 _ANSWER = ("fingerprint", "status", "body", "location", "etag", "resource")
