@@ -87,9 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ProblemCORSMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
     # Public, open to every caller: the routes declared with `dependencies=[Public]` (on the route, its
-    # router, its include_router or here) and FastAPI's docs (/docs, /redoc, /docs/oauth2-redirect, /openapi.json). With
-    # AUTH_MODE google or oidc, every other path, routed or not, answers 401 to a caller without a token.
-    # The routes go on the app itself (add_routes: FastAPI's include_router costs ~45 µs a request).
+    # router, or where its router is added, as here) and FastAPI's docs (/docs, /redoc,
+    # /docs/oauth2-redirect, /openapi.json). With AUTH_MODE google or oidc, every other path, routed or
+    # not, answers 401 to a caller without a token. The routes go on the app itself (add_routes:
+    # FastAPI's include_router costs ~45 µs a request).
     add_routes(app, health.router, dependencies=[Public])
     for router in RESOURCE_ROUTERS:
         add_routes(app, router)

@@ -203,31 +203,25 @@ ENDPOINTS = (
 WRITES = frozenset({"create_task", "create_task_unkeyed", "patch_task"})
 
 
+def _named(variable: str, what: str, known: list[str], default: str = "") -> list[str]:
+    """The comma-separated names in `variable` (else `default`); one not in `known` stops the bench."""
+    names = [name.strip() for name in os.environ.get(variable, default).split(",") if name.strip()]
+    unknown = set(names) - set(known)
+    if unknown:
+        raise SystemExit(f"bench: {variable} names unknown {what} {sorted(unknown)}; known: " + ", ".join(known))
+    return names
+
+
 def profiled_endpoints() -> tuple[str, ...]:
     """BENCH_PROFILE=create_task,patch_task profiles those endpoints (default: the two reads)."""
-    named = os.environ.get("BENCH_PROFILE", "get_task,list_tasks")
-    wanted = [mode.strip() for mode in named.split(",") if mode.strip()]
-    unknown = set(wanted) - {mode for mode, _ in ENDPOINTS}
-    if unknown:
-        raise SystemExit(
-            f"bench: BENCH_PROFILE names unknown endpoints {sorted(unknown)}; known: "
-            + ", ".join(mode for mode, _ in ENDPOINTS)
-        )
-    return tuple(wanted)
+    return tuple(_named("BENCH_PROFILE", "endpoints", [mode for mode, _ in ENDPOINTS], "get_task,list_tasks"))
 
 
 def selected_servers() -> tuple[Server, ...]:
     """BENCH_SERVERS=service,lean runs a subset (targets that need a missing server show n/a)."""
-    wanted = os.environ.get("BENCH_SERVERS", "")
-    if not wanted.strip():
+    if not os.environ.get("BENCH_SERVERS", "").strip():
         return SERVERS
-    keys = {key.strip() for key in wanted.split(",") if key.strip()}
-    unknown = keys - {server.key for server in SERVERS}
-    if unknown:
-        raise SystemExit(
-            f"bench: BENCH_SERVERS names unknown servers {sorted(unknown)}; known: "
-            + ", ".join(server.key for server in SERVERS)
-        )
+    keys = _named("BENCH_SERVERS", "servers", [server.key for server in SERVERS])
     return tuple(server for server in SERVERS if server.key in keys)
 
 
@@ -966,8 +960,9 @@ def profile_service(bench: Bench) -> dict[str, Any]:
     try:
         first_200(process, port, f"/v1/tasks/{bench.dataset.task_ids[0]}", time.perf_counter())
         (worker,) = children_of(process.pid)
+        profiled = profiled_endpoints()
         for mode, label in ENDPOINTS:
-            if mode not in profiled_endpoints():
+            if mode not in profiled:
                 continue
             print(f"bench: profile: {label}: py-spy on the worker for {PROFILE_S} s under load ...", flush=True)
             run_wrk(bench.wrk, bench.pinning, port, mode, bench.ids_dir, max(WARMUP_S, 1))
