@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -24,12 +25,38 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: each probe stays bound until all are chosen."""
+    """Distinct free ports below the kernel's ephemeral range; each probe stays bound until all are chosen.
+
+    A port the kernel hands out for `bind(0)` comes from the range it also gives outgoing
+    connections: between the probe closing and the server binding, a connection to PostgreSQL from
+    the other test worker can take it ("Address already in use"). Below the range only listeners
+    compete, and a listener probes first.
+    """
+    low, _ = _ephemeral_range()
+    candidates = random.sample(range(_FIRST_PORT, low), k=min(200, low - _FIRST_PORT)) if low > _FIRST_PORT else []
     with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
+        ports: list[int] = []
+        for candidate in [*candidates, *[0] * count]:
+            if len(ports) == count:
+                break
+            probe = stack.enter_context(socket.socket())
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            ports.append(int(probe.getsockname()[1]))
+        return ports
+
+
+_FIRST_PORT = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 49152, 65535  # IANA's dynamic range, used by macOS and Windows
+    return int(low), int(high)
 
 
 @dataclass
@@ -64,8 +91,15 @@ def serve_functions(
     try:
         for port in free_ports(count):
             servers.append(_start(port, database_url, source, env))
-        for server in servers:
-            _wait_until_up(server)
+        for index, server in enumerate(servers):
+            for _ in range(3):
+                try:
+                    _wait_until_up(server)
+                    break
+                except _PortTaken:  # another test's server took the port after it was probed
+                    server = servers[index] = _start(free_port(), database_url, source, env)
+            else:
+                _wait_until_up(server)
         yield servers
     finally:
         for server in servers:
@@ -99,11 +133,18 @@ def _collect(process: subprocess.Popen[str], lines: list[str]) -> None:
         lines.append(line)
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 def _wait_until_up(server: FunctionServer, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError("the function server exited:\n" + "".join(server.output))
+            output = "".join(server.output)
+            if "Address already in use" in output:
+                raise _PortTaken(output)
+            raise RuntimeError("the function server exited:\n" + output)
         try:
             if httpx.get(f"{server.base_url}/healthz", timeout=1).status_code == 200:
                 return
