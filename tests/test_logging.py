@@ -12,8 +12,17 @@ from typing import Any
 import httpx
 import pytest
 from gunicorn.glogging import Logger as GunicornLogger
+from hypothesis import given
+from hypothesis import strategies as st
+from starlette.datastructures import Headers
 
-from app.core.observability.logs import CloudLoggingFormatter, TextFormatter, configure_logging, new_request_id
+from app.core.observability.logs import (
+    CloudLoggingFormatter,
+    TextFormatter,
+    configure_logging,
+    new_request_id,
+    read_headers,
+)
 from tests.helpers import unique
 from tests.identity_fakes import Issuer
 
@@ -208,3 +217,23 @@ def test_the_servers_own_error_lines_still_format_once_the_app_owns_logging() ->
     line = logging.Formatter(GunicornLogger.error_fmt).format(record)
     assert f"[{os.getpid()}] [ERROR] Exception in ASGI application" in line
     assert logging.Formatter("%(thread)d %(threadName)s").format(record) != "None None"
+
+
+_HEADER_NAMES = st.sampled_from(
+    [
+        *(b"x-request-id", b"traceparent", b"x-cloud-trace-context", b"function-execution-id", b"user-agent"),
+        *(b"content-length", b"x-forwarded-for", b"host", b"x-request-ids", b"content-type"),
+    ]
+)
+
+
+@given(st.lists(st.tuples(_HEADER_NAMES, st.binary(max_size=8)), max_size=12))
+def test_the_headers_picked_in_one_pass_are_those_starlette_reads(fields: list[tuple[bytes, bytes]]) -> None:
+    """The middleware and the access line read their headers in one pass, as Headers would."""
+    picked = read_headers({"headers": fields})
+    headers = Headers(raw=fields)
+    for name in ("x-request-id", "traceparent", "x-cloud-trace-context", "function-execution-id", "user-agent"):
+        assert picked.get(name) == headers.get(name)
+    assert picked.get("content-length") == headers.get("content-length")
+    assert picked.get("x-forwarded-for", "") == ",".join(headers.getlist("x-forwarded-for"))
+    assert set(picked) <= {name.decode() for name, _ in fields} - {"host", "x-request-ids", "content-type"}

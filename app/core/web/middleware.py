@@ -13,7 +13,7 @@ import time
 from http import HTTPStatus
 from typing import Any
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +26,7 @@ from app.core.observability.logs import (
     current_request,
     log_access,
     new_request_id,
+    read_headers,
     trace_of,
 )
 
@@ -81,7 +82,7 @@ class RequestContextMiddleware:
         if problem := _oversized_head(scope):
             await self._refuse(scope, receive, send, problem, started)
             return
-        headers = Headers(scope=scope)
+        headers = read_headers(scope)
         sent = headers.get("x-request-id", "")
         request_id = sent if _SANE_REQUEST_ID.fullmatch(sent) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
@@ -106,14 +107,15 @@ class RequestContextMiddleware:
         try:  # HEAD is GET for the app: a copy of the scope, so the server still knows to send no body
             await self.app({**scope, "method": "GET"} if head else scope, receive, send_with_id)
         finally:  # an error escaping here is answered with a 500 by the server error handler
-            log_access(scope, status, response_size, time.perf_counter() - started, self.trusted_proxy_hops)
+            elapsed = time.perf_counter() - started
+            log_access(scope, headers, status, response_size, elapsed, self.trusted_proxy_hops)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, problem: ProblemError, started: float) -> None:
         unread: dict[str, Any] = {**scope, "headers": [], "state": {"request_id": new_request_id()}}
         current_request.set(RequestContext(unread["state"]["request_id"]))
         response = response_for(Request(unread), problem)
         await response(scope, receive, send)
-        log_access(unread, problem.status, len(response.body), time.perf_counter() - started, 0)
+        log_access(unread, {}, problem.status, len(response.body), time.perf_counter() - started, 0)
 
 
 class BodyLimitMiddleware:
@@ -133,7 +135,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")  # a 5,000-digit one is over too
+        # The first Content-Length, as Headers.get reads it (without its KeyError when there is
+        # none); a 5,000-digit one is over too.
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"").decode("latin-1")
         if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > self.max_bytes):
             response = await http_problem(Request(scope, receive), self._too_large())
             await response(scope, receive, send)
