@@ -7,14 +7,14 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import asyncpg
 import httpx
 import orjson
 import pytest
 import sqlalchemy as sa
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Cookie, Depends, FastAPI, Header, Request, Response
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import DateTime
@@ -25,10 +25,12 @@ from sqlmodel import Field, SQLModel
 import app.api
 from app.core.db import crud
 from app.core.db.database import database_of
+from app.core.errors import install_problem_handlers
 from app.core.models import TIMESTAMP, Audited, AuditedPublic
 from app.core.settings import Settings
 from app.core.web import idempotency
 from app.core.web.idempotency import IdempotencyDep
+from app.core.web.openapi import install_openapi
 from app.core.web.resources import created_response
 from app.tasks.models import Task, TaskPublic
 from tests.helpers import (
@@ -607,3 +609,81 @@ def test_a_keyed_create_reads_only_the_keys_it_forgets(create_database: Callable
     read = [line for line in read if "never executed" not in line]
     assert len(read) == 1 and "Index Only Scan using ix_idempotency_keys_created_at" in read[0], none_expired
     assert re.search(r"Tid Scan on idempotency_keys .*rows=20", some_expired), some_expired
+
+
+def _declared_key(
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry safely: the same key and body within 24 h replays the first response",
+        ),
+    ] = None,
+) -> str | None:
+    return idempotency_key
+
+
+def _reference_app() -> FastAPI:
+    """The key declared as a FastAPI `Header()` parameter, as FastAPI validates and documents it."""
+    reference = FastAPI()
+    install_problem_handlers(reference)
+
+    @reference.post("/keyed")
+    async def keyed(key: Annotated[str | None, Depends(_declared_key)]) -> dict[str, str | None]:
+        return {"key": key}
+
+    return reference
+
+
+def test_the_key_is_documented_as_fastapi_documents_a_declared_header() -> None:
+    (parameter,) = _reference_app().openapi()["paths"]["/keyed"]["post"]["parameters"]
+    assert parameter == idempotency.KEY_PARAMETER
+
+
+def test_the_key_is_placed_where_fastapi_places_a_header_and_on_nested_dependencies() -> None:
+    """A user's route with a query parameter and a cookie, reading the key through a dependency of
+    its own: the key is listed between them, as FastAPI lists a header."""
+    scratch = FastAPI()
+    install_openapi(scratch, bearer=False)
+
+    async def wrapped(idempotency: IdempotencyDep) -> str | None:
+        return idempotency.key
+
+    @scratch.post("/notes")
+    async def create_note(
+        key: Annotated[str | None, Depends(wrapped)], q: int = 0, session: Annotated[str, Cookie()] = ""
+    ) -> None:
+        pass
+
+    names = [(p["in"], p["name"]) for p in scratch.openapi()["paths"]["/notes"]["post"]["parameters"]]
+    assert names == [("query", "q"), ("header", "idempotency-key"), ("cookie", "session")]
+
+
+def _keys_a_client_may_send() -> list[str]:
+    """Edge cases, then keys of any length over all of latin-1 (what a header value decodes to)."""
+    draw = random.Random(20261207)
+    alphabets = ["".join(map(chr, range(0x21, 0x7F))), "".join(chr(c) for c in range(1, 256) if chr(c) not in "\r\n")]
+    drawn = [
+        "".join(draw.choice(alphabets[i % 2]) for _ in range(draw.choice([1, 2, 40, 254, 255, 256, 300])))
+        for i in range(40)
+    ]
+    return ["", " ", "a b", " a", "a" * 255, "a" * 256, "k\x7f", "é", "\t", *drawn]
+
+
+async def test_a_key_is_refused_exactly_as_fastapi_refuses_a_declared_header(app: FastAPI) -> None:
+    """Through HTTP: whatever the client sends as the key, the same status and errors as FastAPI's
+    `Header()` declaration gives; a key it takes is taken."""
+    reference = httpx.AsyncClient(transport=httpx.ASGITransport(app=_reference_app()), base_url="http://test")
+    async with reference, asgi_client(app) as client:
+        for key in _keys_a_client_may_send():
+            headers = [("idempotency-key", key.encode("latin-1"))]
+            expected = await reference.post("/keyed", headers=headers)
+            answered = await client.post("/v1/projects", json={}, headers=headers)  # no name: 422 either way
+            assert answered.status_code == 422, key
+            if expected.status_code == 422:
+                assert answered.json()["errors"] == expected.json()["errors"], key
+            else:
+                assert expected.json() == {"key": key}
+                assert {error["loc"][0] for error in answered.json()["errors"]} == {"body"}, key

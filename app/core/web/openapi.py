@@ -4,6 +4,7 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.models import OpenAPI
 from fastapi.openapi.utils import get_openapi
@@ -12,6 +13,7 @@ from starlette.routing import BaseRoute
 
 from app.core.errors import PROBLEM_JSON, ProblemDocument, ProblemError
 from app.core.identity.auth import is_public
+from app.core.web.idempotency import KEY_HEADER, KEY_PARAMETER, get_idempotency
 from app.core.web.resources import require_json_or_merge_patch
 
 NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
@@ -112,6 +114,7 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                         content = response.get("content", {})
                         if status.isdigit() and int(status) >= 400 and "application/json" in content:
                             response["content"] = {PROBLEM_JSON: content.pop("application/json")}
+            declare_idempotency_key(schema, _operations_calling(app.routes, get_idempotency, nested=True))
             declare_http_layer(schema, merge_patch=merge_patch_operations(app.routes))
             declare_problem_types(schema, types)
             app.openapi_schema = schema
@@ -170,13 +173,36 @@ _BY_STATUS = {"304": ["ETag"], "401": ["WWW-Authenticate"], "405": ["Allow"], "5
 
 def merge_patch_operations(routes: list[BaseRoute]) -> set[tuple[str, str]]:
     """(path, method) of the operations that take their body as a JSON merge patch."""
+    return _operations_calling(routes, require_json_or_merge_patch, nested=False)
+
+
+def _operations_calling(routes: list[BaseRoute], call: Any, *, nested: bool) -> set[tuple[str, str]]:
+    """(path, method) of the operations with `call` among their dependencies (`nested`: at any depth)."""
     found = set()
     for route in iter_route_contexts(routes):
-        if isinstance(route.original_route, APIRoute) and any(
-            dependency.call is require_json_or_merge_patch for dependency in route.dependant.dependencies
-        ):
+        if isinstance(route.original_route, APIRoute) and _calls(route.dependant, call, nested=nested):
             found |= {(str(route.path_format), method.lower()) for method in route.methods or ()}
     return found
+
+
+def _calls(dependant: Dependant, call: Any, *, nested: bool) -> bool:
+    return any(
+        dependency.call is call or (nested and _calls(dependency, call, nested=True))
+        for dependency in dependant.dependencies
+    )
+
+
+def declare_idempotency_key(schema: dict[str, Any], operations: set[tuple[str, str]]) -> None:
+    """The Idempotency-Key header on the operations that read it: get_idempotency reads it from the
+    request itself, so FastAPI does not list it. Where FastAPI puts a header: after the path and
+    query parameters, before the cookies."""
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            parameters = operation.get("parameters", [])
+            if (path, method) not in operations or any(p["name"].lower() == KEY_HEADER for p in parameters):
+                continue
+            at = next((i for i, parameter in enumerate(parameters) if parameter["in"] == "cookie"), len(parameters))
+            operation["parameters"] = [*parameters[:at], KEY_PARAMETER, *parameters[at:]]
 
 
 def _is_resource(schema: dict[str, Any], response: dict[str, Any]) -> bool:
