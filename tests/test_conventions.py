@@ -2,13 +2,17 @@
 
 import re
 import uuid
+from email.message import Message
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.api import create_app
 from app.core.settings import Settings
+from app.core.web.resources import _media_type
 from tests.helpers import MISSING_ID, assert_problem, error_locations, unique
 
 ONE_MIB = 1024 * 1024
@@ -92,6 +96,19 @@ async def test_json_media_type_with_charset_is_accepted(client: httpx.AsyncClien
         "/v1/projects", content=body, headers={"content-type": "application/json; charset=utf-8"}
     )
     assert response.status_code == 201
+
+
+_MEDIA_TYPE_TEXT = st.text(st.sampled_from(list(' ;/\t"=+,abjnosAJN\u00e9\x85')), max_size=24)
+
+
+@given(st.one_of(_MEDIA_TYPE_TEXT, st.sampled_from(["application/JSON ; x", " application/json", "a/b/c", "json"])))
+def test_the_media_type_is_read_as_the_email_package_reads_it(header: str) -> None:
+    """The media type checks read a Content-Type as FastAPI's email.message does, without it."""
+    message = Message()
+    message["content-type"] = header
+    request = Request({"type": "http", "headers": [(b"content-type", header.encode("latin-1"))]})
+    expected = message.get_content_type() if header else ""
+    assert _media_type(request) == expected
 
 
 async def test_patch_with_another_media_type_is_415(client: httpx.AsyncClient, task: dict[str, object]) -> None:

@@ -156,25 +156,33 @@ class Pool:
             raise self._refusal or PoolTimeout(f"no database connection in {self._timeout_s:g} s")
 
     async def _wait(self, deadline: float) -> asyncpg.Connection | None:
-        """The next released connection, or None when a slot frees up; PoolTimeout at the deadline."""
-        waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
+        """The next released connection, or None when a slot frees up; PoolTimeout at the deadline.
+
+        The deadline is a timer that fails the waiter itself, unless a connection reached it first:
+        lighter than `asyncio.timeout` (a context, a cancellation of the task and its undoing), and
+        under load nearly every request waits here."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[asyncpg.Connection | None] = loop.create_future()
         self._waiters.append(waiter)
+        timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._expire, waiter)
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                return await waiter
-        except BaseException as error:  # a timeout or a cancellation: pass on what arrived as we gave up
-            if waiter.done() and not waiter.cancelled():
+            return await waiter
+        except BaseException:  # the deadline, or a cancellation: pass on what arrived as we gave up
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 handed = waiter.result()
                 if handed is not None:
                     self.release(handed)
                 else:
                     self._hand_over(None)
-            if isinstance(error, TimeoutError):
-                raise PoolTimeout(f"no database connection became free in {self._timeout_s:g} s") from None
             raise
         finally:  # a waiter handed a connection was already taken off; `in` first: remove's miss would repr() it
+            timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def _expire(self, waiter: "asyncio.Future[asyncpg.Connection | None]") -> None:
+        if not waiter.done():
+            waiter.set_exception(PoolTimeout(f"no database connection became free in {self._timeout_s:g} s"))
 
     def _wake_all_unless_holding(self) -> None:
         """Waiters wait for a connection of ours to come back: holding none, they are told at once."""

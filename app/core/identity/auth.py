@@ -123,5 +123,7 @@ class AuthenticationMiddleware:
 
 def principal_of(request: Request) -> str | None:
     """Who is calling, as the middleware verified it; None with AUTH_MODE=none."""
-    principal: str | None = getattr(request.state, "principal", None)
+    # request.state reads the scope's "state" dict, and raises (and getattr catches) an
+    # AttributeError for a name it lacks, as with AUTH_MODE=none: read the dict.
+    principal: str | None = request.scope.get("state", {}).get("principal")
     return principal

@@ -19,7 +19,6 @@ FastAPI does not validate a returned `Response` again; the shape is worked out o
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from email.message import Message
 from typing import Annotated, Any, get_args, get_origin
 
 import asyncpg
@@ -283,12 +282,14 @@ def conditional_response(row: Row, if_none_match: str | None) -> Response:
 
 
 def _media_type(request: Request) -> str:
+    """The Content-Type without its parameters (charset), lower-cased, as the email package reads
+    it for FastAPI (`Message.get_content_type`, which answers text/plain for a type without
+    exactly one "/"): the part before the first ";", stripped."""
     header = request.headers.get("content-type")
     if not header:
         return ""
-    message = Message()
-    message["content-type"] = header
-    return message.get_content_type()  # lower-cased, parameters such as charset dropped
+    media_type = header.partition(";")[0].strip().lower()
+    return media_type if media_type.count("/") == 1 else "text/plain"
 
 
 async def _require_json_text(request: Request) -> None:
