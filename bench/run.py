@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,8 @@ class Server:
     authenticated: bool = False  # AUTH_MODE=google, and wrk sends a bearer token
     cold_starts: bool = True
     patches: bool = True  # answers PATCH with If-Match (the full-stack and asyncpg peers do not)
+    revision: str | None = None  # served from this commit of the repository, not from the work tree
+    modes: tuple[str, ...] | None = None  # only these endpoints (all when None)
 
 
 # BENCH_POOL=asyncpg: the service (both rows) on asyncpg's own pool instead of app/core/db/pool.py,
@@ -148,6 +150,10 @@ def service_source() -> str:
 
 SERVICE_SOURCE = service_source()
 ON_POOL = ", on asyncpg's pool" if SERVICE_SOURCE != "main.py" else ""
+
+# The commit just before writes took one statement (BEGIN, claim, INSERT, store, COMMIT for a keyed
+# create), with the connection-time counter (Database.held_s) already in.
+FIVE_ROUND_TRIPS = "4461b00"
 
 SERVERS = (
     Server(
@@ -189,6 +195,18 @@ SERVERS = (
         "tasks",
         "bench/peers/asyncpg_peer/main.py",
         patches=False,
+    ),
+    # The baseline of a keyed create's connection time, measured in the same run: a run on a busy
+    # machine holds connections longer, so a figure recorded on another day is no yardstick.
+    Server(
+        "five_trips",
+        f"this service at {FIVE_ROUND_TRIPS}, before writes took one statement: a keyed create in five round trips",
+        "api",
+        "main.py",
+        cold_starts=False,
+        patches=False,
+        revision=FIVE_ROUND_TRIPS,
+        modes=("create_task",),
     ),
 )
 PEERS = ("flask", "fullstack", "lean", "asyncpg")
@@ -324,12 +342,12 @@ def busy_percent(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
 _running: list[subprocess.Popen[bytes]] = []
 
 
-def spawn(command: list[str], *, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(command: list[str], *, env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     with log.open("ab") as output:
         # A session (and so a process group) of its own: Ctrl-C on the terminal reaches only this
         # script, which then stops the whole group, gunicorn master and worker alike.
         process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     _running.append(process)
     return process
@@ -565,6 +583,7 @@ class Bench:
     ids_dir: Path
     logs: Path
     identity: Identity | None = None
+    checkouts: dict[str, Path] = field(default_factory=dict)  # revision: where its files were put
 
 
 def server_env(url: str, server: Server | None = None, identity: Identity | None = None) -> dict[str, str]:
@@ -589,7 +608,7 @@ SERVICE_UNDER_LOAD = "bench/service_main.py"
 
 
 def start_server(
-    server: Server, env: dict[str, str], pinning: Pinning, log: Path, source: str | None = None
+    server: Server, env: dict[str, str], pinning: Pinning, log: Path, source: str | None = None, cwd: Path = ROOT
 ) -> tuple[subprocess.Popen, int]:
     port = free_port()
     command = [
@@ -600,7 +619,7 @@ def start_server(
         "--host=127.0.0.1",
         f"--port={port}",
     ]
-    return spawn(command, env=env, log=log), port
+    return spawn(command, env=env, log=log, cwd=cwd), port
 
 
 def first_200(
@@ -844,7 +863,8 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
     token = bench.identity.token() if server.authenticated and bench.identity else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     source = SERVICE_UNDER_LOAD if server.source == "main.py" else None
-    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log", source)
+    root = bench.checkouts[server.revision] if server.revision else ROOT
+    process, port = start_server(server, env, pinning, bench.logs / f"{server.key}-load-{run}.log", source, root)
     try:
         first_200(process, port, probe, time.perf_counter(), headers)
         check_contract(server, port, bench.dataset, headers)
@@ -858,6 +878,8 @@ def bench_server(server: Server, bench: Bench, run: int) -> dict[str, Any]:
             "master": memory_kib(process.pid)["VmRSS"],
         }
         for mode, label in ENDPOINTS:
+            if server.modes is not None and mode not in server.modes:
+                continue
             print(f"bench: run {run}: {server.key}: {label}: {WARMUP_S} s warm-up, {DURATION_S} s", flush=True)
             token = bench.identity.token() if server.authenticated and bench.identity else None
             warmup = (
@@ -1079,9 +1101,30 @@ def _log_tail(logs: Path, lines: int = 40) -> str:
     return f"\n--- last lines of {candidates[-1].name} ---\n" + "\n".join(text)
 
 
+def check_out_revisions(servers: tuple[Server, ...], scratch: Path) -> tuple[tuple[Server, ...], dict[str, Path]]:
+    """The files of each server's revision (git archive), beside the run's other scratch files; a
+    server whose revision this clone lacks (a shallow clone) is left out, with a note."""
+    checkouts: dict[str, Path] = {}
+    kept = []
+    for server in servers:
+        if server.revision and server.revision not in checkouts:
+            archive = subprocess.run(
+                ["git", "archive", "--format=tar", server.revision], cwd=ROOT, capture_output=True, check=False
+            )
+            if archive.returncode != 0:
+                print(f"bench: note: {server.key} left out: this clone lacks commit {server.revision} (clone it whole)")
+                continue
+            directory = scratch / f"checkout-{server.revision}"
+            directory.mkdir()
+            subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+            checkouts[server.revision] = directory
+        kept.append(server)
+    return tuple(kept), checkouts
+
+
 def estimated_minutes(servers: tuple[Server, ...]) -> float:
     """Rough: what the steps took on a 2-CPU machine (a server start is about a second)."""
-    load = len(servers) * (len(ENDPOINTS) * (WARMUP_S + DURATION_S + 1.5) + 3)
+    load = sum(len(server.modes or ENDPOINTS) * (WARMUP_S + DURATION_S + 1.5) + 3 for server in servers)
     colds = sum(server.cold_starts for server in servers) * COLD_STARTS * 1.3
     per_run = load + colds + IMPORT_SAMPLES * 1.3
     profile = (len(profiled_endpoints()) * (max(WARMUP_S, 1) + PROFILE_S + 4) + 5) if PROFILE_S else 0
@@ -1108,7 +1151,8 @@ def main() -> int:
         (ids_dir / "tasks.txt").write_text("\n".join(map(str, dataset.task_ids)) + "\n")
         (ids_dir / "projects.txt").write_text("\n".join(map(str, dataset.project_ids)) + "\n")
         identity = start_identity() if any(server.authenticated for server in servers) else None
-        bench = Bench(url, pinning, wrk, dataset, ids_dir, logs, identity)
+        servers, checkouts = check_out_revisions(servers, ids_dir)
+        bench = Bench(url, pinning, wrk, dataset, ids_dir, logs, identity, checkouts)
         print(
             f"bench: {RUNS} run(s) of {len(servers)} servers, {WARMUP_S} s + {DURATION_S} s per endpoint, "
             f"{COLD_STARTS} cold starts; about {estimated_minutes(servers):.0f} min in all",
@@ -1165,7 +1209,7 @@ def main() -> int:
         for index, run_result in enumerate(runs, 1):
             for key, data in run_result["servers"].items():
                 for mode, label in ENDPOINTS:
-                    samples = data["endpoints"][mode]["non_2xx_samples"]
+                    samples = data["endpoints"].get(mode, {}).get("non_2xx_samples")
                     if samples:
                         print(f"bench: run {index}: {key} {label} non-2xx, first: {samples[0][:500]}")
         print(f"bench: results in {RESULTS / 'latest.json'} ({results['elapsed_s']:.0f} s)")
