@@ -83,6 +83,12 @@ bench: $(BIN)/.installed
 	$(UV) pip install --quiet --python=$(BIN)/python -r bench/requirements.txt
 	$(BIN)/python bench/run.py
 
+# `make instructions`: instructions per request under callgrind, steadier than timings (bench/instructions.py).
+.PHONY: instructions
+instructions: $(BIN)/.installed
+	$(UV) pip install --quiet --python=$(BIN)/python -r bench/requirements.txt
+	$(BIN)/python bench/instructions.py
+
 # `make scale`: many instances against too few connection slots; the 503 rate at twice the budget (docs/scaling.md).
 .PHONY: scale
 scale: $(BIN)/.installed

@@ -9,11 +9,11 @@ long as the process, and the full collections they set off were a large part of 
 objects are then frozen (never scanned again), which also keeps later collections, and so the
 slowest requests, short, and leaves their memory pages shared with the forked worker.
 
-A request frees nearly all it allocates by reference counting, yet the collector's count (objects
-allocated and not yet freed) reached the default threshold of 700 every 7 to 14 requests under load,
-and its collections took about 5 % of a request's instructions. At 10,000 it runs about once per
-1,000 requests, and a request takes 5 % (a create) to 7 % (a read) fewer instructions
-(docs/benchmarks.md); what it collects is collected all the same, later.
+A request frees nearly all it allocates by reference counting, yet at the collector's default
+threshold (700 objects allocated and not yet freed) it collected every few requests under load, and
+every few hundred requests scanned the whole heap made since the fork: about 5 % of a read's CPU
+and 2.5 % of a create's (docs/benchmarks.md). At 2,000 that fell to 0.2 % with the same memory;
+10,000 bought nothing more. What it collects is collected all the same, a little later.
 """
 
 import gc
@@ -31,7 +31,7 @@ from app.core.web.function import LazyLifespan, forward  # noqa: E402
 app = create_app()  # validates the settings now, so a bad value stops start-up
 lifespan = LazyLifespan(app)
 gc.freeze()
-gc.set_threshold(10_000, 10, 10)  # the youngest generation's: see above; the older ones as default
+gc.set_threshold(2_000, *gc.get_threshold()[1:])  # the youngest generation's (see above); the others as they are
 gc.enable()
 
 

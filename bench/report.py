@@ -245,9 +245,11 @@ def render(results: dict[str, Any], endpoint_labels: dict[str, str]) -> list[str
     )
     lines += [header, "-" * len(header)]
     for mode, label in endpoint_labels.items():
-        for index, key in enumerate(servers):
+        printed = 0
+        for key in servers:
             if mode not in servers[key]["endpoints"]:
                 continue
+            index, printed = printed, printed + 1
             row = servers[key]["endpoints"][mode]
             cpu = "-" if row["cpu_us_per_request"] is None else f"{row['cpu_us_per_request']:.0f} us"
             connections = row["db_sessions_opened"]

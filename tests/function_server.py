@@ -33,7 +33,7 @@ def free_ports(count: int) -> list[int]:
     compete, and a listener probes first.
     """
     low, _ = _ephemeral_range()
-    candidates = random.sample(range(_FIRST_PORT, low), k=min(200, low - _FIRST_PORT)) if low > _FIRST_PORT else []
+    candidates = _draw.sample(range(_FIRST_PORT, low), k=min(200, low - _FIRST_PORT)) if low > _FIRST_PORT else []
     with ExitStack() as stack:
         ports: list[int] = []
         for candidate in [*candidates, *[0] * count]:
@@ -49,6 +49,7 @@ def free_ports(count: int) -> list[int]:
 
 
 _FIRST_PORT = 20000
+_draw = random.SystemRandom()  # not the shared generator, which tests and Hypothesis seed alike in both workers
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -121,6 +121,34 @@ async def test_waiters_are_served_first_come_first_served(connect: Callable) -> 
     await pool.close()
 
 
+async def test_a_connection_handed_over_as_the_deadline_passes_is_used_not_lost(connect: Callable) -> None:  # type: ignore[type-arg]
+    """The release lands first, the deadline's timer fires before the waiter resumes: it is served."""
+    pool = _pool(connect, max_size=1, timeout_s=0.2)
+    held = await pool.acquire()
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.19)
+    pool.release(held)  # handed to the waiter; its timer is due within the next few milliseconds
+    time.sleep(0.05)  # noqa: ASYNC251 - blocks the loop on purpose: the wake-up and the timer are then both due
+    assert await waiting is held
+    pool.release(held)
+    await pool.close()
+
+
+async def test_a_waiter_cancelled_after_a_connection_reached_it_gives_it_back(connect: Callable) -> None:  # type: ignore[type-arg]
+    pool = _pool(connect, max_size=1)
+    held = await pool.acquire()
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.01)
+    pool.release(held)  # handed over; the waiter has not run yet
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert pool.idle_connections() == [held]  # back in the pool, not leaked
+    assert await asyncio.wait_for(pool.acquire(), 1) is held
+    pool.release(held)
+    await pool.close()
+
+
 async def test_a_full_pool_answers_pool_timeout_within_its_timeout(connect: Callable) -> None:  # type: ignore[type-arg]
     pool = _pool(connect, max_size=1, timeout_s=0.3)
     held = await pool.acquire()

@@ -637,9 +637,12 @@ def _reference_app() -> FastAPI:
     return reference
 
 
-def test_the_key_is_documented_as_fastapi_documents_a_declared_header() -> None:
+def test_the_key_is_documented_as_fastapi_documents_a_declared_header(app: FastAPI) -> None:
+    """The same fields, in the same order, as in the document FastAPI serves for a declared header."""
     (parameter,) = _reference_app().openapi()["paths"]["/keyed"]["post"]["parameters"]
     assert parameter == idempotency.KEY_PARAMETER
+    served = app.openapi()["paths"]["/v1/projects"]["post"]["parameters"]
+    assert [json.dumps(p) for p in served if p["name"] == "idempotency-key"] == [json.dumps(parameter)]
 
 
 def test_the_key_is_placed_where_fastapi_places_a_header_and_on_nested_dependencies() -> None:
@@ -657,8 +660,14 @@ def test_the_key_is_placed_where_fastapi_places_a_header_and_on_nested_dependenc
     ) -> None:
         pass
 
-    names = [(p["in"], p["name"]) for p in scratch.openapi()["paths"]["/notes"]["post"]["parameters"]]
+    @scratch.post("/pings")
+    async def ping(idempotency: IdempotencyDep) -> None:  # no parameter FastAPI would declare a 422 for
+        pass
+
+    document = scratch.openapi()
+    names = [(p["in"], p["name"]) for p in document["paths"]["/notes"]["post"]["parameters"]]
     assert names == [("query", "q"), ("header", "idempotency-key"), ("cookie", "session")]
+    assert "422" in document["paths"]["/pings"]["post"]["responses"]  # what a refused key answers
 
 
 def _keys_a_client_may_send() -> list[str]:
@@ -673,8 +682,9 @@ def _keys_a_client_may_send() -> list[str]:
 
 
 async def test_a_key_is_refused_exactly_as_fastapi_refuses_a_declared_header(app: FastAPI) -> None:
-    """Through HTTP: whatever the client sends as the key, the same status and errors as FastAPI's
-    `Header()` declaration gives; a key it takes is taken."""
+    """Through HTTP: whatever the client sends as the key, the header's errors are those of FastAPI's
+    `Header()` declaration; a key it takes is taken. A refused key is answered before the body is
+    checked (docs/api.md), so the body's own error (no name) shows only once the key is valid."""
     reference = httpx.AsyncClient(transport=httpx.ASGITransport(app=_reference_app()), base_url="http://test")
     async with reference, asgi_client(app) as client:
         for key in _keys_a_client_may_send():

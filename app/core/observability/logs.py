@@ -68,8 +68,8 @@ _READ_HEADERS = frozenset(
 def read_headers(scope: MutableMapping[str, Any]) -> dict[str, str]:
     """The headers above as Starlette's `Headers.get` reads them (the first of a repeated one;
     X-Forwarded-For all of them, joined by commas, as `getlist` and a proxy's list), in one pass:
-    a `Headers.get` scans the fields anew, and raises and catches a KeyError for each one absent,
-    which took some 4 % of a request's CPU for the four this module reads."""
+    a `Headers.get` scans the fields anew, and raises and catches a KeyError for each one absent:
+    3 % of a read's instructions."""
     found: dict[str, str] = {}
     for name, value in scope["headers"]:
         if name in _READ_HEADERS:

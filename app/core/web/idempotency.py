@@ -300,8 +300,8 @@ _KEY_DESCRIPTION = "Retry safely: the same key and body within 24 h replays the 
 _KEY = TypeAdapter(Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_KEY_PATTERN)])
 _PLAIN_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # what _KEY accepts, checked without it when it does
 # The header as OpenAPI describes it: exactly what FastAPI writes for a `Header(...)` parameter of
-# these constraints (tests/test_openapi.py compares them); app/core/web/openapi.py puts it on every
-# operation that depends on get_idempotency.
+# these constraints (tests/test_idempotency.py compares them); app/core/web/openapi.py puts it on
+# every operation that depends on get_idempotency.
 KEY_PARAMETER: dict[str, Any] = {
     "name": KEY_HEADER,
     "in": "header",
@@ -316,9 +316,10 @@ KEY_PARAMETER: dict[str, Any] = {
 
 
 def _key_of(request: Request) -> str | None:
-    """The request's Idempotency-Key, validated as FastAPI validates a declared header (the same 422
+    """The request's Idempotency-Key, validated as FastAPI validates a declared header (the same
     errors), read from the scope: as a `Header()` parameter, FastAPI's per-parameter machinery cost
-    4 % of a create without the header and 7 % of one with it (instructions, callgrind)."""
+    4.4 % of the instructions of a create without the header and 5.7 % of one with it. A key it
+    refuses is answered at once, before the body is checked (docs/api.md)."""
     key: str | None = None
     sent = 0
     for name, value in request.scope["headers"]:

@@ -1,5 +1,6 @@
 """The OpenAPI document: every error response is documented as an `application/problem+json` body."""
 
+import copy
 from http import HTTPStatus
 from typing import Any
 
@@ -96,7 +97,8 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                 tags=app.openapi_tags,
                 servers=app.servers,
             )
-            schema = _with_problem_schemas(schema)
+            declare_idempotency_key(schema, _operations_calling(app.routes, get_idempotency, nested=True))
+            schema = _with_problem_schemas(schema)  # also puts the key's fields in FastAPI's order
             public: set[tuple[str, str]] = set()
             if bearer:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
@@ -114,7 +116,6 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                         content = response.get("content", {})
                         if status.isdigit() and int(status) >= 400 and "application/json" in content:
                             response["content"] = {PROBLEM_JSON: content.pop("application/json")}
-            declare_idempotency_key(schema, _operations_calling(app.routes, get_idempotency, nested=True))
             declare_http_layer(schema, merge_patch=merge_patch_operations(app.routes))
             declare_problem_types(schema, types)
             app.openapi_schema = schema
@@ -194,15 +195,18 @@ def _calls(dependant: Dependant, call: Any, *, nested: bool) -> bool:
 
 def declare_idempotency_key(schema: dict[str, Any], operations: set[tuple[str, str]]) -> None:
     """The Idempotency-Key header on the operations that read it: get_idempotency reads it from the
-    request itself, so FastAPI does not list it. Where FastAPI puts a header: after the path and
-    query parameters, before the cookies."""
+    request itself, so FastAPI does not list it. It goes after the path, query and header parameters
+    FastAPI lists (as the last header; FastAPI orders headers by dependency), before the cookies;
+    and the 422 it can answer is declared where nothing else declared one."""
     for path, item in schema.get("paths", {}).items():
         for method, operation in item.items():
             parameters = operation.get("parameters", [])
-            if (path, method) not in operations or any(p["name"].lower() == KEY_HEADER for p in parameters):
+            names = {parameter.get("name", "").lower() for parameter in parameters}
+            if (path, method) not in operations or KEY_HEADER in names:
                 continue
-            at = next((i for i, parameter in enumerate(parameters) if parameter["in"] == "cookie"), len(parameters))
-            operation["parameters"] = [*parameters[:at], KEY_PARAMETER, *parameters[at:]]
+            at = next((i for i, parameter in enumerate(parameters) if parameter.get("in") == "cookie"), len(parameters))
+            operation["parameters"] = [*parameters[:at], copy.deepcopy(KEY_PARAMETER), *parameters[at:]]
+            operation.setdefault("responses", {}).setdefault("422", _problem("422"))
 
 
 def _is_resource(schema: dict[str, Any], response: dict[str, Any]) -> bool:
