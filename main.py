@@ -11,7 +11,7 @@ slowest requests, short, and leaves their memory pages shared with the forked wo
 
 A request frees nearly all it allocates by reference counting, yet at the collector's default
 threshold (700 objects allocated and not yet freed) it collected every few requests under load, and
-every few hundred requests scanned the whole heap made since the fork: about 5 % of a read's CPU
+every thousand requests or so scanned every object made since `gc.freeze()`: about 5 % of a read's CPU
 and 2.5 % of a create's (docs/benchmarks.md). At 2,000 that fell to 0.2 % with the same memory;
 10,000 bought nothing more. What it collects is collected all the same, a little later.
 """

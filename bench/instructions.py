@@ -6,7 +6,7 @@ request executes does not. This drives the app in-process, as functions-framewor
 hands it each call (main.py, the middleware, FastAPI, the pool, asyncpg, the log lines; not
 uvicorn's HTTP parsing), with 16 requests in flight on uvloop against PostgreSQL, and counts the
 instructions of N requests of each kind after a warm-up. Compare two commits by running it in
-each (`git worktree add`), as docs/benchmarks.md does; the same code varies by about 2 %.
+each (`git worktree add`), as docs/benchmarks.md does; the same code varies by 1-2 %.
 
     make instructions                                  # get, unkeyed, keyed; 200 requests each
     INSTRUCTIONS_MODES=keyed INSTRUCTIONS_N=500 make instructions
@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,9 +28,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("get", "unkeyed", "keyed")
 IN_FLIGHT = 16
+TIMEOUT_S = 1800  # valgrind runs the interpreter some 50 times slower
 
 
 async def _call(app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> int:
@@ -87,7 +91,7 @@ async def _request(app: Any, mode: str, project: str, task: str) -> None:
 
 
 def _callgrind(*arguments: str) -> None:
-    subprocess.run(["callgrind_control", *arguments, str(os.getpid())], check=True, capture_output=True)
+    subprocess.run(["callgrind_control", *arguments, str(os.getpid())], check=True, capture_output=True, timeout=60)
 
 
 async def _count(modes: list[str], count: int, project: str, task: str) -> None:
@@ -119,6 +123,41 @@ def _totals(folder: Path) -> dict[str, int]:
     return found
 
 
+async def _forget_counted(url: str) -> None:
+    """The keys the keyed creates stored (the tasks go with the seeded projects)."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await connection.execute("DELETE FROM idempotency_keys WHERE key LIKE 'counted-%'")
+    finally:
+        await connection.close()
+
+
+def _measure(modes: list[str], count: int, url: str, project: str, task: str, env: dict[str, str]) -> dict[str, int]:
+    with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={folder}/callgrind.out.%p",
+            sys.executable,
+            __file__,
+            "--count",
+            ",".join(modes),
+            str(count),
+            project,
+            task,
+        ]
+        result = subprocess.run(
+            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=TIMEOUT_S
+        )
+        if result.returncode != 0:
+            raise SystemExit("instructions: the counted run failed:\n" + result.stderr.decode(errors="replace")[-3000:])
+        totals = _totals(Path(folder))
+    if set(totals) != set(modes):  # callgrind_control answers 0 even when it reached no process
+        raise SystemExit(f"instructions: callgrind dumped {sorted(totals)}, not {sorted(modes)}")
+    return totals
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--count":  # the process callgrind runs
         import uvloop
@@ -130,45 +169,42 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("instructions: valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 1
-    modes = [mode for mode in os.environ.get("INSTRUCTIONS_MODES", ",".join(MODES)).split(",") if mode]
+    modes = list(
+        dict.fromkeys(mode for mode in os.environ.get("INSTRUCTIONS_MODES", ",".join(MODES)).split(",") if mode)
+    )
+    count = os.environ.get("INSTRUCTIONS_N", "200")
     if unknown := set(modes) - set(MODES):
         known = ", ".join(MODES)
         print(f"instructions: INSTRUCTIONS_MODES: unknown {sorted(unknown)}; known: {known}", file=sys.stderr)
         return 1
-    count = int(os.environ.get("INSTRUCTIONS_N", "200"))
+    if not modes or not count.isdigit() or int(count) < 1:
+        print("instructions: INSTRUCTIONS_MODES names none, or INSTRUCTIONS_N is not a count", file=sys.stderr)
+        return 1
     sys.path.insert(0, str(ROOT / "bench"))
     import run as bench
 
-    url, _ = bench.prepare_database()
-    bench.migrate(url)
-    dataset = asyncio.run(bench._seed(url))
+    signal.signal(signal.SIGTERM, bench._raise_keyboard_interrupt)  # the embedded database stops at exit
     try:
-        with tempfile.TemporaryDirectory(prefix="instructions-") as folder:
-            command = [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={folder}/callgrind.out.%p",
-                sys.executable,
-                __file__,
-                "--count",
-                ",".join(modes),
-                str(count),
-                str(dataset.project_ids[0]),
-                str(dataset.task_ids[0]),
-            ]
-            # The same hash seed every time: a dict's layout, and so its lookups, do not vary.
-            env = {**os.environ, "DATABASE_URL": url, "PYTHONHASHSEED": "0", "LOG_FORMAT": "json"}
-            result = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if result.returncode != 0:
-                print(result.stderr.decode(errors="replace")[-3000:], file=sys.stderr)
-                return 1
-            totals = _totals(Path(folder))
+        url, _ = bench.prepare_database()
+        bench.migrate(url)
+        dataset = asyncio.run(bench._seed(url))
+    except bench.BenchError as error:
+        print(f"instructions: {error}", file=sys.stderr)
+        return 1
+    try:
+        # The app configured as make bench serves it; the same hash seed every time, so that a
+        # dict's layout, and so its lookups, do not vary.
+        env = bench.server_env(url) | {"PYTHONHASHSEED": "0"}
+        totals = _measure(modes, int(count), url, str(dataset.project_ids[0]), str(dataset.task_ids[0]), env)
     finally:
-        if os.environ.get("DATABASE_URL"):
-            asyncio.run(bench._drop_seed(url, dataset.project_ids))
+        if os.environ.get("DATABASE_URL"):  # leave a database we did not make as we found it
+            try:
+                asyncio.run(bench._drop_seed(url, dataset.project_ids))
+                asyncio.run(_forget_counted(url))
+            except (OSError, asyncpg.PostgresError) as error:
+                print(f"instructions: could not delete the seeded rows: {error}", file=sys.stderr)
     for mode in modes:
-        print(f"{mode:8} {totals[mode] / count / 1000:9.1f} k instructions per request ({count} requests)")
+        print(f"{mode:8} {totals[mode] / int(count) / 1000:9.1f} k instructions per request ({count} requests)")
     return 0
 
 

@@ -1120,8 +1120,9 @@ def check_out_revisions(servers: tuple[Server, ...], scratch: Path) -> tuple[tup
                 archive = subprocess.run(
                     ["git", "archive", "--format=tar", server.revision], cwd=ROOT, capture_output=True, check=False
                 )
-            except OSError:  # no git
-                archive = subprocess.CompletedProcess([], 1)
+            except OSError:
+                print(f"bench: note: {server.key} left out: git is not installed")
+                continue
             if archive.returncode != 0:
                 print(f"bench: note: {server.key} left out: this clone lacks commit {server.revision} (clone it whole)")
                 continue

@@ -5,6 +5,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -122,16 +123,24 @@ async def test_waiters_are_served_first_come_first_served(connect: Callable) -> 
 
 
 async def test_a_connection_handed_over_as_the_deadline_passes_is_used_not_lost(connect: Callable) -> None:  # type: ignore[type-arg]
-    """The release lands first, the deadline's timer fires before the waiter resumes: it is served."""
-    pool = _pool(connect, max_size=1, timeout_s=0.2)
-    held = await pool.acquire()
-    waiting = asyncio.create_task(pool.acquire())
-    await asyncio.sleep(0.19)
-    pool.release(held)  # handed to the waiter; its timer is due within the next few milliseconds
-    time.sleep(0.05)  # noqa: ASYNC251 - blocks the loop on purpose: the wake-up and the timer are then both due
-    assert await waiting is held
-    pool.release(held)
-    await pool.close()
+    """The release and the waiter's deadline fall due in one pass of the loop, the release first:
+    the waiter is served the connection, and the deadline, finding it served, does nothing."""
+    loop = asyncio.get_running_loop()
+    failures: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: failures.append(context))
+    try:
+        pool = _pool(connect, max_size=1, timeout_s=0.2)
+        held = await pool.acquire()
+        waiting = asyncio.create_task(pool.acquire())
+        await asyncio.sleep(0)  # queued, its deadline set
+        loop.call_later(0.1, pool.release, held)  # due before the deadline
+        time.sleep(0.3)  # noqa: ASYNC251 - blocks the loop on purpose: the release, then the deadline, both due
+        assert await waiting is held
+        assert failures == []
+        pool.release(held)
+        await pool.close()
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_a_waiter_cancelled_after_a_connection_reached_it_gives_it_back(connect: Callable) -> None:  # type: ignore[type-arg]

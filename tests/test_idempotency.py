@@ -683,8 +683,8 @@ def _keys_a_client_may_send() -> list[str]:
 
 async def test_a_key_is_refused_exactly_as_fastapi_refuses_a_declared_header(app: FastAPI) -> None:
     """Through HTTP: whatever the client sends as the key, the header's errors are those of FastAPI's
-    `Header()` declaration; a key it takes is taken. A refused key is answered before the body is
-    checked (docs/api.md), so the body's own error (no name) shows only once the key is valid."""
+    `Header()` declaration; a key it takes is taken. A refused key is answered before the body's
+    fields are checked (docs/api.md), so the body's own error (no name) shows only once the key is valid."""
     reference = httpx.AsyncClient(transport=httpx.ASGITransport(app=_reference_app()), base_url="http://test")
     async with reference, asgi_client(app) as client:
         for key in _keys_a_client_may_send():

@@ -98,7 +98,7 @@ def install_openapi(app: FastAPI, *, bearer: bool) -> None:
                 servers=app.servers,
             )
             declare_idempotency_key(schema, _operations_calling(app.routes, get_idempotency, nested=True))
-            schema = _with_problem_schemas(schema)  # also puts the key's fields in FastAPI's order
+            schema = _with_problem_schemas(schema)  # the key's parameter validated with the rest
             public: set[tuple[str, str]] = set()
             if bearer:
                 schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
@@ -234,7 +234,7 @@ def declare_http_layer(schema: dict[str, Any], *, merge_patch: set[tuple[str, st
                 body["content"] = {MERGE_PATCH_JSON: body["content"]["application/json"]}
                 body["description"] = "A JSON merge patch (RFC 7396); sent as `application/json` it is read the same."
             accepts_key = any(
-                parameter["name"].lower() == "idempotency-key" for parameter in operation.get("parameters", [])
+                parameter.get("name", "").lower() == KEY_HEADER for parameter in operation.get("parameters", [])
             )
             for status, response in responses.items():
                 names = ["X-Request-ID", *_BY_STATUS.get(status, [])]
