@@ -123,9 +123,9 @@ def _totals(folder: Path) -> dict[str, int]:
     return found
 
 
-async def _forget_counted(url: str) -> None:
+async def _forget_counted(dsn: str) -> None:
     """The keys the keyed creates stored (the tasks go with the seeded projects)."""
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    connection = await asyncpg.connect(dsn)
     try:
         await connection.execute("DELETE FROM idempotency_keys WHERE key LIKE 'counted-%'")
     finally:
@@ -200,7 +200,7 @@ def main() -> int:
         if os.environ.get("DATABASE_URL"):  # leave a database we did not make as we found it
             try:
                 asyncio.run(bench._drop_seed(url, dataset.project_ids))
-                asyncio.run(_forget_counted(url))
+                asyncio.run(_forget_counted(bench.asyncpg_dsn(url)))
             except (OSError, asyncpg.PostgresError) as error:
                 print(f"instructions: could not delete the seeded rows: {error}", file=sys.stderr)
     for mode in modes:
