@@ -15,6 +15,7 @@ from app.api import create_app
 from app.core.identity import tokens
 from app.core.identity.auth import Public
 from app.core.settings import Settings
+from app.core.web.routing import add_routes
 from tests.helpers import assert_problem, unique
 from tests.identity_fakes import AUDIENCE, Issuer, SigningKey
 
@@ -190,7 +191,8 @@ def _users_routers() -> list[APIRouter]:
 
 @pytest.fixture
 async def extended(database_url: str, issuer: Issuer) -> AsyncIterator[FastAPI]:
-    """The app with authentication on, the users' routers registered beside the resources."""
+    """The app with authentication on, the users' routers registered beside the resources, with
+    include_router and with add_routes."""
     app = create_app(
         Settings(
             database_url=database_url,
@@ -200,8 +202,10 @@ async def extended(database_url: str, issuer: Issuer) -> AsyncIterator[FastAPI]:
             oidc_jwks_url=issuer.jwks_url,
         )
     )
-    for router in _users_routers():
-        app.include_router(router)
+    reports, admin, status = _users_routers()
+    app.include_router(admin)  # both ways a router reaches the app: FastAPI's, and app/api.py's add_routes
+    add_routes(app, reports)
+    add_routes(app, status)
     yield app
     await app.state.database.dispose()
 
