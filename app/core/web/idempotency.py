@@ -14,7 +14,6 @@ afresh). Keys are scoped per principal and kept 24 hours.
 import hashlib
 import json
 import re
-from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
 
@@ -23,10 +22,12 @@ from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 from sqlalchemy import (
+    Column,
     Date,
     DateTime,
     Index,
     SmallInteger,
+    Table,
     Text,
     bindparam,
     case,
@@ -43,38 +44,38 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.sql.dml import Insert
-from sqlmodel import Field, SQLModel
+from sqlmodel import SQLModel
+from sqlmodel.sql.sqltypes import AutoString
 
 from app.core.db.statements import Row, Statement
 from app.core.errors import Answered, InvalidRequest
 from app.core.identity.auth import principal_of
-from app.core.models import SET_BY_SERVER, TIMESTAMP
+from app.core.models import TIMESTAMP
 from app.core.web.resources import UnshapedRow, current_shape, entity_tag, resource_response
 
 EXPIRED_ROWS_PER_WRITE = 20  # each remembered answer also clears a few expired ones
 KEY_LIVE_SQLSTATE = "IK409"  # raised by idempotency_key_live(), created by the migrations
 
 
-class IdempotencyRecord(SQLModel, table=True):
-    """The first response to a POST sent with an Idempotency-Key, replayed for 24 hours."""
-
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
-
-    principal: str = Field(primary_key=True, max_length=320)  # "" when authentication is off
-    key: str = Field(primary_key=True, max_length=255)
-    fingerprint: str = Field(max_length=64)  # sha256 of method, path and canonical JSON body
-    status: int = Field(sa_type=SmallInteger)
+# The first response to a POST sent with an Idempotency-Key, replayed for 24 hours. A Core table, not
+# a SQLModel class: only statements read it, and a table model's pydantic validator and ORM mapper,
+# never used here, were about 3 ms of start-up (docs/benchmarks.md). Its DDL is the migrations' own.
+_TABLE = Table(
+    "idempotency_keys",
+    SQLModel.metadata,  # where Alembic looks, with the resources' tables
+    Column("principal", AutoString(320), primary_key=True),  # "" when authentication is off
+    Column("key", AutoString(255), primary_key=True),
+    Column("fingerprint", AutoString(64), nullable=False),  # sha256 of method, path and canonical JSON body
+    Column("status", SmallInteger, nullable=False),
     # The answer as JSON text. Keys stored by an earlier release replay it as it is; this release
     # replays `resource` and fills `body` with the first answer's text, for a release rolled back to.
-    body: str = Field(sa_type=Text)
-    location: str = Field(max_length=2048)
-    etag: str = Field(max_length=100)
-    created_at: datetime = Field(sa_type=TIMESTAMP, nullable=False, sa_column_kwargs=SET_BY_SERVER)
-    resource: dict[str, Any] | None = Field(default=None, sa_type=JSONB)  # the public columns, typed
-
-
-_TABLE = IdempotencyRecord.__table__  # type: ignore[attr-defined]
+    Column("body", Text, nullable=False),
+    Column("location", AutoString(2048), nullable=False),
+    Column("etag", AutoString(100), nullable=False),
+    Column("created_at", TIMESTAMP, nullable=False, server_default=func.now()),
+    Column("resource", JSONB, nullable=True),  # the public columns, typed
+    Index("ix_idempotency_keys_created_at", "created_at"),
+)
 _TTL = text("interval '24 hours'")
 _KEY_COLUMNS = tuple_(_TABLE.c.principal, _TABLE.c.key)
 # Named apart from any column a resource's create may bind.
