@@ -5,19 +5,19 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import bindparam, select
-from sqlmodel import col
 
 from app.core.db import crud
 from app.core.db.failures import violated_constraint
 from app.core.db.pagination import Keyset, PageRequest
-from app.core.db.statements import LIKE_ESCAPE, Row, escape_like
+from app.core.db.statements import LIKE_ESCAPE, Row, escape_like, table_of
 from app.core.errors import Conflict
 from app.core.web.idempotency import Idempotency
 from app.projects.models import Project, ProjectCreate, ProjectUpdate
 
-_PROJECTS = Keyset(select(Project))
-_NAMED_LIKE = col(Project.name).icontains(bindparam("name"), escape=LIKE_ESCAPE)
-_PROJECTS_NAMED_LIKE = Keyset(select(Project).where(_NAMED_LIKE))
+projects = table_of(Project)  # Core, not select(Project): see app/core/db/statements.py
+_PROJECTS = Keyset(select(projects))
+_NAMED_LIKE = projects.c.name.icontains(bindparam("name"), escape=LIKE_ESCAPE)
+_PROJECTS_NAMED_LIKE = Keyset(select(projects).where(_NAMED_LIKE))
 
 
 def _name_taken(name: str | None) -> Conflict:

@@ -5,21 +5,21 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import bindparam, exists, select
-from sqlmodel import col
 
 from app.core.db import crud
 from app.core.db.failures import missing_parent
 from app.core.db.pagination import Keyset, PageRequest
-from app.core.db.statements import Row, Statement
+from app.core.db.statements import Row, Statement, table_of
 from app.core.errors import InvalidRequest, not_found
 from app.core.web.idempotency import Idempotency
 from app.projects.models import Project
 from app.tasks.models import Task, TaskCreate, TaskStatus, TaskUpdate
 
-_IN_PROJECT = col(Task.project_id) == bindparam("project_id")
-_TASKS = Keyset(select(Task).where(_IN_PROJECT))
-_TASKS_WITH_STATUS = Keyset(select(Task).where(_IN_PROJECT, col(Task.status) == bindparam("status")))
-_PROJECT_EXISTS = Statement(select(exists().where(col(Project.id) == bindparam("project_id"))))
+tasks = table_of(Task)  # Core, not select(Task): see app/core/db/statements.py
+_IN_PROJECT = tasks.c.project_id == bindparam("project_id")
+_TASKS = Keyset(select(tasks).where(_IN_PROJECT))
+_TASKS_WITH_STATUS = Keyset(select(tasks).where(_IN_PROJECT, tasks.c.status == bindparam("status")))
+_PROJECT_EXISTS = Statement(select(exists().where(table_of(Project).c.id == bindparam("project_id"))))
 
 
 async def get_task(*, connection: asyncpg.Connection, task_id: uuid.UUID) -> Row:

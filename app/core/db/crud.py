@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import Integer, bindparam, func
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from app.core.db.statements import Row, Statement, python_side
+from app.core.db.statements import Row, Statement, python_side, table_of
 from app.core.errors import PreconditionFailed, not_found
 from app.core.models import Audited
 from app.core.observability.audit import audit
@@ -23,14 +23,10 @@ if TYPE_CHECKING:
     from app.core.web.idempotency import Idempotency
 
 
-def _table(model: type[Audited]) -> Any:
-    return model.__table__  # type: ignore[attr-defined]
-
-
 @cache
 def _insert_returning(model: type[Audited], columns: tuple[str, ...]) -> sa.Insert:
     values: dict[str, Any] = {column: bindparam(column) for column in columns}
-    return sa.insert(_table(model)).values(values).returning(*_table(model).c)
+    return sa.insert(table_of(model)).values(values).returning(*table_of(model).c)
 
 
 @cache
@@ -39,7 +35,7 @@ def _python_defaults(model: type[Audited]) -> tuple[tuple[str, bool, Any], ...]:
     value or function). An insert sends them as values of its own: the keyed create runs its INSERT
     inside a CTE, where SQLAlchemy computes no Python-side default."""
     defaults = []
-    for column in _table(model).columns:
+    for column in table_of(model).columns:
         default = column.default
         if default is not None and (default.is_scalar or default.is_callable):
             defaults.append((column.key, bool(default.is_callable), python_side(column, default)))
@@ -60,7 +56,7 @@ def _insert(model: type[Audited], columns: tuple[str, ...]) -> Statement:
 
 @cache
 def _select(model: type[Audited]) -> Statement:
-    table = _table(model)
+    table = table_of(model)
     return Statement(sa.select(table).where(table.c.id == bindparam("id")))
 
 
@@ -72,7 +68,7 @@ def _accepted(table: Any) -> Any:
 
 @cache
 def _update(model: type[Audited], columns: tuple[str, ...]) -> Statement:
-    table = _table(model)
+    table = table_of(model)
     changes: dict[str, Any] = {column: bindparam(column) for column in columns}
     changes |= {"version": table.c.version + 1, "updated_at": func.now(), "updated_by": bindparam("principal")}
     where = (table.c.id == bindparam("id"), _accepted(table))
@@ -81,7 +77,7 @@ def _update(model: type[Audited], columns: tuple[str, ...]) -> Statement:
 
 @cache
 def _delete(model: type[Audited]) -> Statement:
-    table = _table(model)
+    table = table_of(model)
     where = (table.c.id == bindparam("id"), _accepted(table))
     return Statement(sa.delete(table).where(*where).returning(table.c.id, table.c.version))
 
@@ -106,7 +102,7 @@ async def create(
     created: Row | None
     if idempotency is not None and idempotency.key is not None and location_prefix is not None:
         create = _insert_returning(model, columns)
-        created = await idempotency.create(connection, _table(model), create, values, location_prefix=location_prefix)
+        created = await idempotency.create(connection, table_of(model), create, values, location_prefix=location_prefix)
     else:
         created = await _insert(model, columns).fetchrow(connection, **values)
     assert created is not None

@@ -13,6 +13,7 @@ from types import ModuleType
 import asyncpg
 
 from app.core.db.pool import PoolClosed, PoolTimeout
+from app.core.db.statements import table_of
 from app.core.errors import Conflict, ProblemError, ServiceUnavailable
 from app.core.models import Audited
 
@@ -42,7 +43,7 @@ def missing_parent(
     error: asyncpg.IntegrityConstraintViolationError, model: type[Audited], parent: type[Audited]
 ) -> bool:
     """Whether `error` is `model`'s foreign key to `parent` finding no such row."""
-    table, parent_table = model.__table__, parent.__table__  # type: ignore[attr-defined]
+    table, parent_table = table_of(model), table_of(parent)
     keys = {key.name for key in table.foreign_key_constraints if key.referred_table is parent_table}
     return isinstance(error, asyncpg.ForeignKeyViolationError) and violated_constraint(error) in keys
 

@@ -3,17 +3,23 @@
 Build a statement from the SQLModel tables with `bindparam("name")` for each value a request
 supplies, wrap it in `Statement` (at import, or cached per shape), then `await query.fetchrow(connection,
 name=value)`. Rows come back as asyncpg Records: read them by column name, render them as JSON.
+
+`select(Task).where(col(Task.status) == ...)`, as SQLModel's docs write it, works; this app's own
+statements select from the Core table instead (`tasks = table_of(Task)`, `tasks.c.status`): the same
+SQL, compiled without SQLAlchemy's ORM, whose first compile sets up every table model's mapper
+(about 3 ms of start-up for this app's, docs/benchmarks.md).
 """
 
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, Table
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.schema import CallableColumnDefault, Column, ScalarElementColumnDefault
+from sqlmodel import SQLModel
 
 Row = asyncpg.Record  # columns by name: row["id"]
 
@@ -24,6 +30,12 @@ LIKE_ESCAPE = "\\"
 def escape_like(text: str) -> str:
     """`text` for a LIKE pattern with `escape=LIKE_ESCAPE`: its `%` and `_` match only themselves."""
     return text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2).replace("%", LIKE_ESCAPE + "%").replace("_", LIKE_ESCAPE + "_")
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A table model's Core table (`table=True`), its columns as `table.c.name`."""
+    table: Table = model.__table__  # type: ignore[attr-defined]  # set by SQLModel for table models
+    return table
 
 
 class UnsupportedStatement(TypeError):
