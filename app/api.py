@@ -10,7 +10,7 @@ from sqlmodel import SQLModel
 from app.core.db.database import Database
 from app.core.db.statements import check_python_defaults
 from app.core.errors import install_problem_handlers
-from app.core.identity.auth import AuthenticationMiddleware, Public, build_verifier
+from app.core.identity.auth import AuthenticationMiddleware, build_verifier
 from app.core.observability.logs import configure_logging
 from app.core.settings import Settings, get_settings
 from app.core.web import health
@@ -87,11 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ProblemCORSMiddleware, origins=settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, trusted_proxy_hops=settings.trusted_proxy_hops)
     # Public, open to every caller: the routes declared with `dependencies=[Public]` (on the route, its
-    # router, or where its router is added, as here) and FastAPI's docs (/docs, /redoc,
+    # router as health's is, or where its router is added) and FastAPI's docs (/docs, /redoc,
     # /docs/oauth2-redirect, /openapi.json). With AUTH_MODE google or oidc, every other path, routed or
     # not, answers 401 to a caller without a token. The routes go on the app itself (add_routes:
     # FastAPI's include_router costs ~45 µs a request).
-    add_routes(app, health.router, dependencies=[Public])
+    add_routes(app, health.router)
     for router in RESOURCE_ROUTERS:
         add_routes(app, router)
     install_openapi(app, bearer=verifier is not None)

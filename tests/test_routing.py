@@ -1,6 +1,8 @@
 """The resources' routes on the app itself (app/core/web/routing.py): served exactly as
 `include_router` would serve them, without its per-request resolution."""
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,8 +17,9 @@ import app.api
 from app.api import RESOURCE_ROUTERS, create_app
 from app.core.settings import Settings
 from app.core.web import routing
+from app.core.web.openapi import operation_id
 from app.core.web.routing import add_routes
-from tests.helpers import asgi_client
+from tests.helpers import ROOT, asgi_client
 
 
 def _included_as_usual(app: FastAPI, router: APIRouter, *, dependencies: Any = ()) -> None:
@@ -53,8 +56,8 @@ async def _who() -> str:
     return "the real dependency"
 
 
-def _scratch_router() -> APIRouter:
-    router = APIRouter(tags=["scratch"], dependencies=[Depends(_who)])
+def _scratch_router(**options: Any) -> APIRouter:
+    router = APIRouter(tags=["scratch"], dependencies=[Depends(_who)], **options)
 
     @router.get("/v1/scratch")
     async def scratch(who: str = Depends(_who)) -> dict[str, str]:
@@ -75,6 +78,55 @@ async def test_dependency_overrides_reach_a_flat_route(scratch_app: FastAPI) -> 
         assert (await client.get("/v1/scratch")).json() == {"who": "the real dependency"}
         scratch_app.dependency_overrides[_who] = lambda: "the override"
         assert (await client.get("/v1/scratch")).json() == {"who": "the override"}
+
+
+async def test_a_route_built_as_the_app_would_build_it_is_served_as_built(database_url: str) -> None:
+    """Built once: the router's own route, made the app's (its overrides are the app's); a second
+    app, or a router whose operation ids are not the app's, gets a route of its own."""
+    router = _scratch_router(generate_unique_id_function=operation_id)
+    first, second = (create_app(Settings(database_url=database_url)) for _ in range(2))
+    add_routes(first, router)
+    add_routes(second, router)
+    own = router.routes[0]
+    assert first.routes[-1] is own and second.routes[-1] is not own
+    first.dependency_overrides[_who] = lambda: "the first app's override"
+    async with asgi_client(first) as client, asgi_client(second) as other:
+        assert (await client.get("/v1/scratch")).json() == {"who": "the first app's override"}
+        assert (await other.get("/v1/scratch")).json() == {"who": "the real dependency"}
+    for router, dependencies in [
+        (_scratch_router(), ()),
+        (_scratch_router(generate_unique_id_function=operation_id), [Depends(_who)]),
+    ]:
+        served = create_app(Settings(database_url=database_url))
+        add_routes(served, router, dependencies=dependencies)
+        assert served.routes[-1] is not router.routes[0] and isinstance(served.routes[-1], APIRoute)
+
+
+def test_import_main_builds_each_route_once_and_documents_it_as_include_router_does(database_url: str) -> None:
+    """The app `import main` makes serves the routers' own routes, none built twice, and its OpenAPI
+    document is the one `include_router` gives (auth on, so the public routes are told apart)."""
+    probe = """
+import app.api, main
+from app.api import RESOURCE_ROUTERS, create_app
+from app.core.web import health
+served = {id(route) for route in main.app.routes}
+routes = [route for router in [health.router, *RESOURCE_ROUTERS] for route in router.routes]
+built_twice = [route.path for route in routes if id(route) not in served]
+assert not built_twice, built_twice
+app.api.add_routes = lambda app, router, dependencies=(): app.include_router(router, dependencies=dependencies)
+assert main.app.openapi() == create_app().openapi()
+print("built once")
+"""
+    env = {
+        "DATABASE_URL": database_url,
+        "AUTH_MODE": "google",
+        "AUTH_AUDIENCE": "https://example.com",
+        "PATH": "",
+        "PYTHONPATH": str(ROOT),
+    }
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "built once"
 
 
 def test_a_router_with_more_than_api_routes_is_included_as_usual() -> None:

@@ -9,7 +9,7 @@ from app.core.db.database import database_of
 from app.core.db.pagination import Page, PageDep
 from app.core.identity.auth import principal_of
 from app.core.web.idempotency import IdempotencyDep
-from app.core.web.openapi import NOT_MODIFIED, problem_responses
+from app.core.web.openapi import NOT_MODIFIED, operation_id, problem_responses
 from app.core.web.resources import (
     IfMatch,
     IfNoneMatch,
@@ -25,7 +25,14 @@ from app.core.web.resources import (
 from app.projects import service
 from app.projects.models import NameSearch, ProjectCreate, ProjectPublic, ProjectUpdate
 
-router = APIRouter(prefix="/v1/projects", tags=["projects"], responses=problem_responses(422, 500, 503))
+# Operation ids are the endpoints' names, as the app's; declared here too, the app serves these
+# routes as they are built instead of building them again (app/core/web/routing.py).
+router = APIRouter(
+    prefix="/v1/projects",
+    tags=["projects"],
+    responses=problem_responses(422, 500, 503),
+    generate_unique_id_function=operation_id,
+)
 
 
 @router.post(

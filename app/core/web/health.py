@@ -9,10 +9,13 @@ from pydantic import BaseModel
 
 from app.core.db.database import database_of
 from app.core.db.failures import DatabaseUnavailable
-from app.core.web.openapi import problem_responses
+from app.core.identity.auth import Public
+from app.core.web.openapi import operation_id, problem_responses
 
 logger = logging.getLogger(__name__)
-router = APIRouter(tags=["health"])
+# Open to every caller (Public), whatever the authentication mode; operation ids as the app's (see
+# app/projects/routes.py).
+router = APIRouter(tags=["health"], dependencies=[Public], generate_unique_id_function=operation_id)
 
 READY_TIMEOUT_S = 2.0
 

@@ -11,14 +11,24 @@ and `app.dependency_overrides` apply. A router holding anything else (a plain St
 WebSocket, a nested router, a streaming route, a frontend), or with a lifespan, start-up or shutdown
 handlers or form limits of its own, is included as usual. The routes are copied when `create_app`
 runs: one added to a resource's router later is not served (add it where the router is declared).
+
+A route is built once, not twice, where it can be: when the options the app would build it with
+(FastAPI's `add_api_route` merges the app's own in) are those the router built it with, the route
+itself is served, with the app as its `dependency_overrides_provider` and its request handler made
+again for it (FastAPI builds the handler around that provider). Building it again would analyse its
+signature and dependencies and make a pydantic validator per parameter once more: about 5 ms of
+`import main` for this app's routes (docs/benchmarks.md). It takes a router whose operation ids are
+the app's (`generate_unique_id_function=operation_id`, as the resources' routers declare), and
+holds for the first app a route is added to; other apps, and every other router, get a new route.
 """
 
 import inspect
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from fastapi import APIRouter, FastAPI, params
-from fastapi.routing import APIRoute
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.routing import APIRoute, request_response
 
 # The options `add_api_route` takes, each kept by APIRoute under the same name.
 _OPTIONS = tuple(
@@ -62,4 +72,39 @@ def add_routes(app: FastAPI, router: APIRouter, *, dependencies: Sequence[params
     for route, declared in zip(router.routes, options, strict=True):
         assert isinstance(route, APIRoute) and declared is not None
         declared["dependencies"] = [*dependencies, *declared["dependencies"]]
-        app.router.add_api_route(route.path, route.endpoint, route_class_override=type(route), **declared)
+        build = cast(type[APIRoute], _served_as_built(route))  # called as add_api_route calls a route class
+        app.router.add_api_route(route.path, route.endpoint, route_class_override=build, **declared)
+
+
+_UNSET = object()
+
+
+def _served_as_built(route: APIRoute) -> Callable[..., APIRoute]:
+    """What `add_api_route` calls as the route class, with the options the app builds the route
+    with: `route` itself when they are the ones it was built with (see above), else a new route."""
+
+    def build(path: str, **options: Any) -> APIRoute:
+        if not _built_alike(route, path, options):
+            return type(route)(path, **options)
+        for name, value in options.items():  # each as the app gives it (True, not a default of True)
+            setattr(route, name, value)
+        route.app = request_response(route.get_route_handler())  # as APIRoute makes it, without a body limit
+        return route
+
+    return build
+
+
+def _value(option: Any) -> Any:
+    return option.value if isinstance(option, DefaultPlaceholder) else option
+
+
+def _built_alike(route: APIRoute, path: str, options: dict[str, Any]) -> bool:
+    if route.dependency_overrides_provider is not None or path != route.path or route.max_body_size is not None:
+        return False  # served by another app already, a provider of the router's own, or a limit to wrap
+    if (route.operation_id or _value(options["generate_unique_id_function"])(route)) != route.unique_id:
+        return False  # the id names the route's validators, so they would differ too
+    return all(
+        _value(getattr(route, name, _UNSET)) == _value(value)
+        for name, value in options.items()
+        if name not in {"generate_unique_id_function", "dependency_overrides_provider"}
+    )
