@@ -74,3 +74,21 @@ async def test_the_status_filter_pages_through_matching_tasks(
         if task["status"] == "done":
             done.append(task["id"])
     assert await _walk(client, url, {"limit": 2, "status": "done"}) == done[::-1]
+
+
+def test_the_lists_are_bound_as_the_cursors_clients_hold() -> None:
+    """A cursor is bound to its list's table and filter as SQL text (`Keyset`): the same text as the
+    releases whose statements were written from the table models, so cursors handed out before a
+    deploy still continue their lists after it, and a rewrite of a list's statement that changes
+    the text, and so every client's cursor, fails here first."""
+    from app.projects import service as projects
+    from app.tasks import service as tasks
+
+    assert [keyset._list for keyset in (projects._PROJECTS, projects._PROJECTS_NAMED_LIKE)] == [
+        b"projects\nNone",
+        b"projects\n(lower(projects.name) LIKE '%' || lower(:name) || '%' ESCAPE '\\')",
+    ]
+    assert [keyset._list for keyset in (tasks._TASKS, tasks._TASKS_WITH_STATUS)] == [
+        b"tasks\ntasks.project_id = :project_id",
+        b"tasks\ntasks.project_id = :project_id AND tasks.status = :status",
+    ]

@@ -41,7 +41,7 @@ def test_the_openapi_document_is_the_one_include_router_gives(
     database_url: str, monkeypatch: pytest.MonkeyPatch, auth_mode: str
 ) -> None:
     """Operation ids, responses, tags, and with authentication on the bearer scheme of every route
-    but the public ones (declared by add_routes' dependencies for the health checks)."""
+    but the public ones (the health checks, Public by their router's dependencies)."""
     settings = Settings(database_url=database_url, auth_mode=auth_mode, auth_audience="https://example.com")
     flat = create_app(settings).openapi()
     monkeypatch.setattr(app.api, "add_routes", _included_as_usual)
@@ -205,6 +205,22 @@ def test_a_route_class_of_its_own_is_declared_with_the_options_it_takes(database
     served = FastAPI()
     add_routes(served, router)
     assert isinstance(served.routes[-1], Timed)
+    assert served.routes[-1] is not router.routes[0]  # its own __init__ ran again, with the app's options
+
+
+async def test_a_route_with_a_body_limit_of_its_own_is_built_again_and_keeps_it() -> None:
+    router = APIRouter(generate_unique_id_function=operation_id)
+
+    @router.post("/v1/small", max_body_size=16, responses={413: {"description": "Over 16 bytes"}})
+    async def small(item: Item) -> Item:
+        return item
+
+    served = FastAPI(generate_unique_id_function=operation_id)
+    add_routes(served, router)
+    assert served.routes[-1] is not router.routes[0]
+    async with asgi_client(served) as client:
+        assert (await client.post("/v1/small", json={"name": "x"})).status_code == 200
+        assert (await client.post("/v1/small", json={"name": "x" * 20})).status_code == 413
 
 
 def test_an_option_fastapi_no_longer_keeps_falls_back_to_include_router(monkeypatch: pytest.MonkeyPatch) -> None:

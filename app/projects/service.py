@@ -14,10 +14,10 @@ from app.core.errors import Conflict
 from app.core.web.idempotency import Idempotency
 from app.projects.models import Project, ProjectCreate, ProjectUpdate
 
-projects = table_of(Project)  # Core, not select(Project): see app/core/db/statements.py
-_PROJECTS = Keyset(select(projects))
-_NAMED_LIKE = projects.c.name.icontains(bindparam("name"), escape=LIKE_ESCAPE)
-_PROJECTS_NAMED_LIKE = Keyset(select(projects).where(_NAMED_LIKE))
+_projects = table_of(Project)  # Core, not select(Project): see app/core/db/statements.py
+_PROJECTS = Keyset(select(_projects))
+_NAMED_LIKE = _projects.c.name.icontains(bindparam("name"), escape=LIKE_ESCAPE)
+_PROJECTS_NAMED_LIKE = Keyset(select(_projects).where(_NAMED_LIKE))
 
 
 def _name_taken(name: str | None) -> Conflict:

@@ -15,10 +15,10 @@ from app.core.web.idempotency import Idempotency
 from app.projects.models import Project
 from app.tasks.models import Task, TaskCreate, TaskStatus, TaskUpdate
 
-tasks = table_of(Task)  # Core, not select(Task): see app/core/db/statements.py
-_IN_PROJECT = tasks.c.project_id == bindparam("project_id")
-_TASKS = Keyset(select(tasks).where(_IN_PROJECT))
-_TASKS_WITH_STATUS = Keyset(select(tasks).where(_IN_PROJECT, tasks.c.status == bindparam("status")))
+_tasks = table_of(Task)  # Core, not select(Task): see app/core/db/statements.py
+_IN_PROJECT = _tasks.c.project_id == bindparam("project_id")
+_TASKS = Keyset(select(_tasks).where(_IN_PROJECT))
+_TASKS_WITH_STATUS = Keyset(select(_tasks).where(_IN_PROJECT, _tasks.c.status == bindparam("status")))
 _PROJECT_EXISTS = Statement(select(exists().where(table_of(Project).c.id == bindparam("project_id"))))
 
 

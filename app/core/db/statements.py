@@ -5,9 +5,9 @@ supplies, wrap it in `Statement` (at import, or cached per shape), then `await q
 name=value)`. Rows come back as asyncpg Records: read them by column name, render them as JSON.
 
 `select(Task).where(col(Task.status) == ...)`, as SQLModel's docs write it, works; this app's own
-statements select from the Core table instead (`tasks = table_of(Task)`, `tasks.c.status`): the same
-SQL, compiled without SQLAlchemy's ORM, whose first compile sets up every table model's mapper
-(about 3 ms of start-up for this app's, docs/benchmarks.md).
+statements select from the Core table instead (`_tasks = table_of(Task)`, `_tasks.c.status`): the
+same SQL, compiled without SQLAlchemy's ORM, whose first compile sets up every table model's mapper
+and whose compiles cost more (about 5 ms of this app's start-up, docs/benchmarks.md).
 """
 
 from collections.abc import Callable, Mapping
@@ -34,7 +34,9 @@ def escape_like(text: str) -> str:
 
 def table_of(model: type[SQLModel]) -> Table:
     """A table model's Core table (`table=True`), its columns as `table.c.name`."""
-    table: Table = model.__table__  # type: ignore[attr-defined]  # set by SQLModel for table models
+    table = getattr(model, "__table__", None)  # set by SQLModel for table models only
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not a table model: declare it with table=True")
     return table
 
 

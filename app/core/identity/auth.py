@@ -7,7 +7,7 @@ refused call reads no body, writes nothing and learns nothing of which paths exi
 AUTH_ALLOWED_PRINCIPALS. A public path answers a method it does not take with its 405, token or
 not: the path is no secret. Public are FastAPI's docs (`/docs`, `/redoc`, their OAuth redirect and
 `/openapi.json`) and the routes declared with `dependencies=[Public]`, on the route, its router, or
-its `add_routes` or `include_router` (app/api.py declares the health checks so).
+its `add_routes` or `include_router` (app/core/web/health.py declares the health checks so).
 """
 
 from typing import Any

@@ -59,7 +59,7 @@ KEY_LIVE_SQLSTATE = "IK409"  # raised by idempotency_key_live(), created by the 
 
 # The first response to a POST sent with an Idempotency-Key, replayed for 24 hours. A Core table, not
 # a SQLModel class: only statements read it, and a table model's pydantic validator and ORM mapper,
-# never used here, were about 3 ms of start-up (docs/benchmarks.md). Its DDL is the migrations' own.
+# never used here, were 3-5 ms of start-up (docs/benchmarks.md). Its DDL is the migrations' own.
 _TABLE = Table(
     "idempotency_keys",
     SQLModel.metadata,  # where Alembic looks, with the resources' tables

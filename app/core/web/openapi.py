@@ -55,7 +55,8 @@ def _with_problem_schemas(schema: dict[str, Any]) -> dict[str, Any]:
 def operation_id(route: APIRoute) -> str:
     """The endpoint function's name (`create_project`, `read_task`): generated clients name their
     methods and modules after operation ids, so they are the names a person chose, not FastAPI's
-    `create_project_v1_projects_post`. Set as the app's `generate_unique_id_function`."""
+    `create_project_v1_projects_post`. Set as the app's `generate_unique_id_function`, and as each
+    router's, so that the app serves their routes as built (app/core/web/routing.py)."""
     return route.name
 
 

@@ -3,23 +3,27 @@
 Since 0.137, `include_router` keeps the router as one node that FastAPI resolves on every request,
 matching its routes twice (once to find the router, once to pick the route). With this app's
 routers that cost about 45 µs of CPU per request, some 10 % of a task read (docs/benchmarks.md);
-a route on the app itself is one regular-expression match. `add_routes` re-declares each
-`APIRoute` of a router on the app with `add_api_route`, FastAPI's public call, passing every
-option the route was declared with, so the route is the one the router would have served: same
-dependencies (the router's are already in each route), responses, tags, operation ids, body limits,
-and `app.dependency_overrides` apply. A router holding anything else (a plain Starlette route, a
+a route on the app itself is one regular-expression match. `add_routes` declares each `APIRoute`
+of a router on the app with `add_api_route`, FastAPI's public call, passing every option the route
+was declared with, so the route is the one the router would have served: same dependencies (the
+router's are already in each route), responses, tags, operation ids, body limits, and
+`app.dependency_overrides` apply. A router holding anything else (a plain Starlette route, a
 WebSocket, a nested router, a streaming route, a frontend), or with a lifespan, start-up or shutdown
-handlers or form limits of its own, is included as usual. The routes are copied when `create_app`
-runs: one added to a resource's router later is not served (add it where the router is declared).
+handlers or form limits of its own, is included as usual. The app takes the routes when
+`create_app` runs: one added to a resource's router later is not served (add it where the router
+is declared).
 
 A route is built once, not twice, where it can be: when the options the app would build it with
-(FastAPI's `add_api_route` merges the app's own in) are those the router built it with, the route
-itself is served, with the app as its `dependency_overrides_provider` and its request handler made
-again for it (FastAPI builds the handler around that provider). Building it again would analyse its
-signature and dependencies and make a pydantic validator per parameter once more: about 5 ms of
-`import main` for this app's routes (docs/benchmarks.md). It takes a router whose operation ids are
-the app's (`generate_unique_id_function=operation_id`, as the resources' routers declare), and
-holds for the first app a route is added to; other apps, and every other router, get a new route.
+(FastAPI's `add_api_route` merges the app's own in) are those the router built it with, the
+router's route itself is served, with the app as its `dependency_overrides_provider` and its
+request handler made again for it (FastAPI builds the handler around that provider). Building it
+again would check its signature and dependencies and make a pydantic validator per parameter once
+more: about 5 ms of `import main` for this app's routes (docs/benchmarks.md). It takes a router
+whose operation ids are the app's (`generate_unique_id_function=operation_id`, as the resources'
+routers declare) and a route of FastAPI's `APIRoute` class or of a subclass that keeps its
+`__init__` (a subclass's own `__init__` would not run again). It holds for the first app a route is
+added to, which `import main` makes; any other app, in tests say, and every other router get new
+routes, served alike (tests/test_routing.py checks both ways).
 """
 
 import inspect
@@ -88,7 +92,10 @@ def _served_as_built(route: APIRoute) -> Callable[..., APIRoute]:
             return type(route)(path, **options)
         for name, value in options.items():  # each as the app gives it (True, not a default of True)
             setattr(route, name, value)
-        route.app = request_response(route.get_route_handler())  # as APIRoute makes it, without a body limit
+        # As APIRoute makes it (without a body limit, see _built_alike). The handler is made a second
+        # time from the same dependant: an integration that wraps `dependant.call` while a handler is
+        # made (FastAPI's own comment in from_api_route allows for them) would wrap it twice.
+        route.app = request_response(route.get_route_handler())
         return route
 
     return build
@@ -99,12 +106,18 @@ def _value(option: Any) -> Any:
 
 
 def _built_alike(route: APIRoute, path: str, options: dict[str, Any]) -> bool:
+    if type(route).__init__ is not APIRoute.__init__:
+        return False  # a route class's own __init__ may do more than its options say
     if route.dependency_overrides_provider is not None or path != route.path or route.max_body_size is not None:
         return False  # served by another app already, a provider of the router's own, or a limit to wrap
     if (route.operation_id or _value(options["generate_unique_id_function"])(route)) != route.unique_id:
         return False  # the id names the route's validators, so they would differ too
-    return all(
-        _value(getattr(route, name, _UNSET)) == _value(value)
-        for name, value in options.items()
-        if name not in {"generate_unique_id_function", "dependency_overrides_provider"}
-    )
+    for name, value in options.items():
+        if name in {"generate_unique_id_function", "dependency_overrides_provider"}:
+            continue
+        built = getattr(route, name, _UNSET)
+        if name == "strict_content_type":  # the app passes True where the router kept Default(True)
+            built, value = (_value(option) for option in (built, value))
+        if built != value:
+            return False
+    return True
