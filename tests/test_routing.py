@@ -102,6 +102,68 @@ async def test_a_route_built_as_the_app_would_build_it_is_served_as_built(databa
         assert served.routes[-1] is not router.routes[0] and isinstance(served.routes[-1], APIRoute)
 
 
+async def test_a_route_taken_over_keeps_its_defaults_for_the_next_app(database_url: str) -> None:
+    """The first app's taking over a route changes nothing another app reads: a lenient app built
+    after it still gets its own default (a JSON body without a content type is read as JSON)."""
+    router = APIRouter(generate_unique_id_function=operation_id)
+
+    @router.post("/v1/echo")
+    async def echo(item: Item) -> Item:
+        return item
+
+    add_routes(create_app(Settings(database_url=database_url)), router)
+    lenient = FastAPI(strict_content_type=False, generate_unique_id_function=operation_id)
+    add_routes(lenient, router)
+    async with asgi_client(lenient) as client:
+        answer = await client.post("/v1/echo", content=b'{"name": "x"}', headers={"content-type": ""})
+        assert answer.status_code == 200, answer.text
+
+
+async def test_a_route_class_with_a_handler_of_its_own_is_taken_over_with_it(database_url: str) -> None:
+    """FastAPI's documented custom route class, one that overrides get_route_handler only, is served
+    as built with its handler made for the app."""
+
+    class Stamped(APIRoute):
+        def get_route_handler(self) -> Any:
+            handler = super().get_route_handler()
+
+            async def stamped(request: Any) -> Any:
+                response = await handler(request)
+                response.headers["x-stamped"] = "yes"
+                return response
+
+            return stamped
+
+    router = _scratch_router(generate_unique_id_function=operation_id, route_class=Stamped)
+    served = create_app(Settings(database_url=database_url))
+    add_routes(served, router)
+    assert served.routes[-1] is router.routes[0]
+    served.dependency_overrides[_who] = lambda: "the override"
+    async with asgi_client(served) as client:
+        answer = await client.get("/v1/scratch")
+    assert answer.headers["x-stamped"] == "yes" and answer.json() == {"who": "the override"}
+
+
+def test_a_route_taken_over_holds_what_one_built_again_holds(database_url: str) -> None:
+    """What add_routes takes over is what the app would have built: the same attributes, equal where
+    they are values (FastAPI's objects built per route, validators and the handler, aside)."""
+    router = _scratch_router(generate_unique_id_function=operation_id)
+    taker, builder = (create_app(Settings(database_url=database_url)) for _ in range(2))
+    add_routes(taker, router)
+    add_routes(builder, router)
+    taken, built = taker.routes[-1], builder.routes[-1]
+    assert taken is router.routes[0] and built is not taken
+    assert vars(taken).keys() == vars(built).keys()
+    per_route = {"app", "dependant", "body_field", "response_field", "response_fields", "param_convertors"}
+    value = routing._value  # a default compared by its value: Default(True) from the router, True from the app
+    different = {
+        name
+        for name in vars(taken)
+        if name not in per_route and value(getattr(taken, name)) != value(getattr(built, name))
+    }
+    assert different == {"dependency_overrides_provider"}  # each app's own
+
+
 def test_import_main_builds_each_route_once_and_documents_it_as_include_router_does(database_url: str) -> None:
     """The app `import main` makes serves the routers' own routes, none built twice, and its OpenAPI
     document is the one `include_router` gives (auth on, so the public routes are told apart)."""

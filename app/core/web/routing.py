@@ -90,8 +90,9 @@ def _served_as_built(route: APIRoute) -> Callable[..., APIRoute]:
     def build(path: str, **options: Any) -> APIRoute:
         if not _built_alike(route, path, options):
             return type(route)(path, **options)
-        for name, value in options.items():  # each as the app gives it (True, not a default of True)
-            setattr(route, name, value)
+        # Only the provider changes; every other option stays as the router gave it (a default stays
+        # a default, so the router's routes still take the defaults of another app they are added to).
+        route.dependency_overrides_provider = options["dependency_overrides_provider"]
         # As APIRoute makes it (without a body limit, see _built_alike). The handler is made a second
         # time from the same dependant: an integration that wraps `dependant.call` while a handler is
         # made (FastAPI's own comment in from_api_route allows for them) would wrap it twice.
