@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 @cache
 def _insert_returning(model: type[Audited], columns: tuple[str, ...]) -> sa.Insert:
+    table = table_of(model)
     values: dict[str, Any] = {column: bindparam(column) for column in columns}
-    return sa.insert(table_of(model)).values(values).returning(*table_of(model).c)
+    return sa.insert(table).values(values).returning(*table.c)
 
 
 @cache
